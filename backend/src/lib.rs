@@ -1,1 +1,3 @@
-//! Backend library.
+//! Ticket-reservation backend: the `reservations`, `payments` and `notifications` axum services.
+
+pub mod error;

@@ -1,0 +1,118 @@
+//! The one error shape every backend service answers with (SPEC §4):
+//! `{"error": "<snake_case_code>", "message": "<human text>", ...}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{Map, Value};
+
+/// An HTTP error answer: status, machine code, human message, optional `Retry-After` and extra
+/// JSON fields.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// snake_case machine-readable code, e.g. `seat_unavailable`.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Seconds for the `Retry-After` header, when the client should come back later.
+    pub retry_after_secs: Option<u64>,
+    /// Extra fields merged into the body (e.g. `field`).
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    /// Builds an error with no `Retry-After` and no extra fields.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// Adds a `Retry-After` header (seconds, at least 1).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs.max(1));
+        self
+    }
+
+    /// Adds an extra body field.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.extra.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// 400 `invalid_json`.
+    pub fn invalid_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+    }
+
+    /// 422 `invalid_request` naming the offending field.
+    pub fn invalid_request(field: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message).with("field", field)
+    }
+
+    /// 404 with the given code.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 503 with `Retry-After`.
+    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(retry_after)
+    }
+
+    /// 500 `internal_error` (details go to the log, not the client).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        let mut body = Map::new();
+        body.insert("error".into(), Value::from(self.code));
+        body.insert("message".into(), Value::from(self.message.clone()));
+        for (k, v) in &self.extra {
+            body.insert(k.clone(), v.clone());
+        }
+        Value::Object(body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_code_message_and_extras() {
+        let e = ApiError::invalid_request("quantity", "quantity must be between 1 and 10");
+        let body = e.body();
+        assert_eq!(body["error"], "invalid_request");
+        assert_eq!(body["field"], "quantity");
+        assert_eq!(e.status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    #[test]
+    fn retry_after_header_is_set() {
+        let r = ApiError::unavailable("inventory_unavailable", "down", 0).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+}
