@@ -1,0 +1,3 @@
+//! Gateway configuration: YAML → validated model.
+
+pub mod model;

@@ -1,0 +1,1 @@
+//! Request limits: NGINX-exact `limit_req` and `limit_conn` (being written).

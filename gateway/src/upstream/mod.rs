@@ -1,0 +1,1 @@
+//! Upstream pools: bulkhead, breaker, selection, outlier ejection, active health (being written).
