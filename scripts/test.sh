@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Runs every test of the project: the one command README and CI use.
+#
+#   scripts/test.sh            install what is missing (when root/sudo), fmt, clippy, all cargo
+#                              tests, the demo scenarios against scripts/run-local.sh, and the
+#                              docker compose smoke test when a Docker engine is available
+#
+# Environment switches (all optional):
+#   SKIP_INSTALL=1   never call apt-get; fail with the list of what is missing instead
+#   SKIP_LOCAL=1     skip the scenarios against the local (no Docker) stack
+#   SKIP_COMPOSE=1   skip the docker compose smoke test
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+step() { printf '\n==> %s  [%s]\n' "$*" "$(date -u +%H:%M:%S)"; }
+die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- 1. what the tests need -------------------------------------------------------------------
+need_pkgs=()
+command -v cmake >/dev/null || need_pkgs+=(cmake)
+command -v redis-server >/dev/null || need_pkgs+=(redis-server)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
+command -v wrk >/dev/null || need_pkgs+=(wrk)
+command -v curl >/dev/null || need_pkgs+=(curl)
+command -v chromium >/dev/null || need_pkgs+=(chromium)
+command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  if [ "${SKIP_INSTALL:-0}" != 1 ] && command -v apt-get >/dev/null && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; then
+    step "installing ${need_pkgs[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  else
+    die "missing packages: ${need_pkgs[*]} (install them: apt-get install ${need_pkgs[*]})"
+  fi
+fi
+export PATH="$PATH:/usr/sbin:/sbin"
+command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+
+# --- 2. static checks ---------------------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings denied)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# --- 3. unit, integration, concurrency and browser tests ---------------------------------------
+step "cargo test (workspace)"
+cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
+
+# --- 4. the demo scenarios against the local stack, without Docker ------------------------------
+if [ "${SKIP_LOCAL:-0}" != 1 ]; then
+  step "scenarios against scripts/run-local.sh"
+  cleanup_local() { scripts/run-local.sh stop || true; }
+  trap cleanup_local EXIT
+  scripts/run-local.sh --detach
+  timeout 600 "${CARGO_TARGET_DIR:-$ROOT/target}/release/loadtest" scenario all --json "$ROOT/target/loadtest-local.json" --out-dir "$ROOT/target/loadtest-local"
+  cleanup_local
+  trap - EXIT
+fi
+
+# --- 5. the compose stack, built air-gapped -----------------------------------------------------
+if [ "${SKIP_COMPOSE:-0}" != 1 ]; then
+  if docker info >/dev/null 2>&1; then
+    step "docker compose smoke test"
+    timeout 2400 scripts/compose-smoke.sh
+  else
+    echo "(no Docker engine reachable: compose smoke test skipped)"
+  fi
+fi
+
+step "all tests passed"
