@@ -8,7 +8,9 @@
 //!   `http_request_duration_seconds{service,route}`, labelled by the matched route template.
 //! - [`health_routes`] (`GET /health`) and [`metrics_route`] (`GET /metrics`).
 //!
-//! [`instrument`] applies both middlewares in the right order to a finished router.
+//! [`instrument`] applies both middlewares in the right order to a finished router;
+//! [`service_router`] builds the whole frame of a service (health, chaos, admin, metrics) and
+//! [`serve`] runs it until SIGINT/SIGTERM.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -195,6 +197,63 @@ pub fn instrument(router: Router, metrics: Arc<Metrics>) -> Router {
     router
         .layer(middleware::from_fn_with_state(metrics, track_metrics))
         .layer(middleware::from_fn(request_id))
+}
+
+/// The standard frame of a backend service around its `api` routes (which should include its
+/// `/ready`): adds `GET /health`, wraps those in the chaos [`crate::chaos::middleware`], then adds
+/// `/admin/chaos` and `GET /metrics` (never subject to chaos) and finally [`instrument`]s the
+/// whole router.
+pub fn service_router(
+    api: Router,
+    chaos: Arc<crate::chaos::Chaos>,
+    metrics: Arc<Metrics>,
+) -> Router {
+    let app = api
+        .merge(health_routes())
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&chaos),
+            crate::chaos::middleware,
+        ))
+        .merge(crate::chaos::admin_router(chaos))
+        .merge(metrics_route(Arc::clone(&metrics)));
+    instrument(app, metrics)
+}
+
+/// Binds `addr` and serves `app` until SIGINT or SIGTERM, then finishes in-flight requests.
+pub async fn serve(addr: std::net::SocketAddr, app: Router, service: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("{service}: cannot listen on {addr}: {e}"))?;
+    tracing::info!(%addr, service, "listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!(service, "stopped");
+    Ok(())
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
 }
 
 /// `GET /health` → 200 `{"status":"ok"}` (liveness: the process answers).
