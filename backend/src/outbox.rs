@@ -1,1 +1,629 @@
-//! (being written)
+//! The notification outbox worker: delivers what the confirming Lua script `XADD`ed to the Redis
+//! stream [`STREAM`] to the notifications service, at least once, without ever blocking or failing
+//! a reservation.
+//!
+//! Loop (one per reservations process, consumer name unique per process):
+//!
+//! 1. connect (own connection, with backoff while Redis is away) and make sure consumer group
+//!    [`GROUP`] exists (`XGROUP CREATE ... 0 MKSTREAM`, `BUSYGROUP` ignored; starting at `0`
+//!    so entries written before any worker ran are delivered too);
+//! 2. first re-read this consumer's own unacknowledged entries (`XREADGROUP ... 0`), then
+//!    periodically take over entries idle longer than `--outbox-claim-idle-ms` from dead consumers
+//!    (`XAUTOCLAIM`), and otherwise wait for new ones (`XREADGROUP ... BLOCK ... >`);
+//! 3. POST each entry as `{reservationId, userEmail, kind, message}` to `/notifications`. Transient
+//!    failures (connection errors, timeouts, 5xx, 408, 429) are retried with capped exponential
+//!    backoff and jitter for as long as the entry is younger than `--outbox-give-up-ms`; other 4xx
+//!    answers are permanent;
+//! 4. on success set `notification`=`sent` on `res:{<reservationId>}` (only if that hash exists),
+//!    on giving up set it to `failed`; then `XACK` and `XDEL` the entry (the stream only holds what
+//!    is not delivered yet, so its length is the backlog).
+//!
+//! Redelivery (after a crash between POST and XACK, or two consumers retrying the same old entry)
+//! is harmless: notifications is idempotent on `(reservationId, kind)`. If the stream or group
+//! vanished (Redis restarted empty) the group is recreated on `NOGROUP`.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{IntCounter, IntGauge, Registry};
+use rand::Rng;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{AsyncConnectionConfig, RedisError};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// The outbox stream the confirming script writes to.
+pub const STREAM: &str = "outbox:notifications";
+/// The consumer group of the delivery workers.
+pub const GROUP: &str = "notifier";
+/// Default `kind` when an entry has none.
+const DEFAULT_KIND: &str = "reservation_confirmed";
+
+/// Sets the reservation's `notification` field only if the reservation hash exists.
+const MARK_SCRIPT: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
+     redis.call('HSET', KEYS[1], 'notification', ARGV[1]) return 1 end return 0";
+
+/// Flags of the outbox worker (each has an environment twin).
+#[derive(Debug, Clone, PartialEq, clap::Args)]
+pub struct OutboxConfig {
+    /// Base URL of the notifications service.
+    #[arg(
+        long,
+        env = "NOTIFICATIONS_URL",
+        default_value = "http://127.0.0.1:3003"
+    )]
+    pub notifications_url: String,
+    /// How long one `XREADGROUP` waits for new entries, in milliseconds.
+    #[arg(long, env = "OUTBOX_BLOCK_MS", default_value_t = 2_000)]
+    pub outbox_block_ms: u64,
+    /// Entries read (and delivered concurrently) per batch.
+    #[arg(long, env = "OUTBOX_BATCH", default_value_t = 32)]
+    pub outbox_batch: usize,
+    /// Time limit of one delivery attempt, in milliseconds.
+    #[arg(long, env = "OUTBOX_ATTEMPT_TIMEOUT_MS", default_value_t = 2_000)]
+    pub outbox_attempt_timeout_ms: u64,
+    /// First retry delay, in milliseconds (doubles per retry, with jitter).
+    #[arg(long, env = "OUTBOX_BACKOFF_MS", default_value_t = 200)]
+    pub outbox_backoff_ms: u64,
+    /// Longest retry delay, in milliseconds (also caps Redis reconnect delays).
+    #[arg(long, env = "OUTBOX_MAX_BACKOFF_MS", default_value_t = 10_000)]
+    pub outbox_max_backoff_ms: u64,
+    /// Entries left unacknowledged this long by another consumer are taken over, in milliseconds.
+    #[arg(long, env = "OUTBOX_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub outbox_claim_idle_ms: u64,
+    /// An entry still undeliverable at this age is given up and marked `failed`, in milliseconds.
+    #[arg(long, env = "OUTBOX_GIVE_UP_MS", default_value_t = 3_600_000)]
+    pub outbox_give_up_ms: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            notifications_url: "http://127.0.0.1:3003".into(),
+            outbox_block_ms: 2_000,
+            outbox_batch: 32,
+            outbox_attempt_timeout_ms: 2_000,
+            outbox_backoff_ms: 200,
+            outbox_max_backoff_ms: 10_000,
+            outbox_claim_idle_ms: 30_000,
+            outbox_give_up_ms: 3_600_000,
+        }
+    }
+}
+
+/// Counters and gauges of the worker. Cheap to clone (shared handles).
+#[derive(Debug, Clone)]
+pub struct OutboxMetrics {
+    /// `outbox_delivered_total`: entries delivered (2xx from notifications).
+    pub delivered: IntCounter,
+    /// `outbox_delivery_retries_total`: failed attempts that will be retried.
+    pub retries: IntCounter,
+    /// `outbox_failed_total`: entries given up (marked `failed`).
+    pub failed: IntCounter,
+    /// `outbox_pending`: entries not yet delivered (stream length after acked ones are deleted).
+    pub pending: IntGauge,
+}
+
+impl OutboxMetrics {
+    /// Creates the metrics without registering them anywhere.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        Ok(Self {
+            delivered: IntCounter::new("outbox_delivered_total", "Outbox entries delivered")?,
+            retries: IntCounter::new(
+                "outbox_delivery_retries_total",
+                "Outbox delivery attempts that failed and will be retried",
+            )?,
+            failed: IntCounter::new("outbox_failed_total", "Outbox entries given up")?,
+            pending: IntGauge::new("outbox_pending", "Outbox entries not yet delivered")?,
+        })
+    }
+
+    /// Creates the metrics and registers them on `registry`.
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = Self::new()?;
+        registry.register(Box::new(m.delivered.clone()))?;
+        registry.register(Box::new(m.retries.clone()))?;
+        registry.register(Box::new(m.failed.clone()))?;
+        registry.register(Box::new(m.pending.clone()))?;
+        Ok(m)
+    }
+}
+
+/// Starts the worker with metrics registered nowhere; see [`spawn_worker_with_metrics`].
+pub fn spawn_worker(
+    redis_url: String,
+    cfg: OutboxConfig,
+    consumer_name: String,
+    shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    match OutboxMetrics::new() {
+        Ok(metrics) => spawn_worker_with_metrics(redis_url, cfg, consumer_name, shutdown, metrics),
+        Err(e) => tokio::spawn(async move {
+            tracing::error!(error = %e, "outbox worker cannot create its metrics");
+        }),
+    }
+}
+
+/// Starts the delivery worker as consumer `consumer_name` (unique per process, e.g. the host
+/// name plus the listen port). It runs until `shutdown` turns `true` (if the sender is dropped it
+/// runs until the runtime ends) and never returns an error: Redis and notifications outages are
+/// waited out with backoff.
+pub fn spawn_worker_with_metrics(
+    redis_url: String,
+    cfg: OutboxConfig,
+    consumer_name: String,
+    shutdown: watch::Receiver<bool>,
+    metrics: OutboxMetrics,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let worker = match Worker::new(&redis_url, cfg, consumer_name, metrics) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "outbox worker cannot start");
+                return;
+            }
+        };
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            _ = worker.run() => {}
+            _ = stopped(&mut stop) => tracing::info!("outbox worker stopped"),
+        }
+    })
+}
+
+/// Resolves when the flag turns true; never if the sender is gone without setting it.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Why the worker could not be built.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("redis url: {0}")]
+    Redis(#[from] RedisError),
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// One stream entry made ready for delivery.
+#[derive(Debug, Clone, PartialEq)]
+struct Message {
+    entry_id: String,
+    reservation_id: Option<String>,
+    user_email: String,
+    kind: String,
+    message: String,
+}
+
+impl Message {
+    fn from_entry(e: &StreamId) -> Self {
+        let field = |k: &str| e.get::<String>(k).filter(|s| !s.is_empty());
+        let reservation_id = field("reservationId");
+        let kind = field("kind").unwrap_or_else(|| DEFAULT_KIND.to_owned());
+        let message = field("payload")
+            .or_else(|| field("message"))
+            .unwrap_or_else(|| {
+                format!(
+                    "Reservation {} for event {}: {}",
+                    reservation_id.as_deref().unwrap_or("?"),
+                    field("eventId").as_deref().unwrap_or("?"),
+                    kind
+                )
+            });
+        Self {
+            entry_id: e.id.clone(),
+            reservation_id,
+            user_email: field("userEmail").unwrap_or_default(),
+            kind,
+            message,
+        }
+    }
+
+    /// Age derived from the entry id's millisecond timestamp (0 if unparsable).
+    fn age(&self) -> Duration {
+        let ms = self
+            .entry_id
+            .split('-')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        if ms == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(now.saturating_sub(ms))
+    }
+}
+
+/// Result of delivering one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Sent,
+    Failed,
+}
+
+/// Result of one POST.
+enum Attempt {
+    Ok,
+    Transient(String),
+    Permanent(String),
+}
+
+struct Worker {
+    client: redis::Client,
+    http: reqwest::Client,
+    url: String,
+    cfg: OutboxConfig,
+    consumer: String,
+    metrics: OutboxMetrics,
+    mark: redis::Script,
+}
+
+impl Worker {
+    fn new(
+        redis_url: &str,
+        cfg: OutboxConfig,
+        consumer: String,
+        metrics: OutboxMetrics,
+    ) -> Result<Self, SetupError> {
+        let client = redis::Client::open(redis_url)?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.outbox_attempt_timeout_ms.max(1)))
+            .connect_timeout(Duration::from_millis(
+                cfg.outbox_attempt_timeout_ms.clamp(1, 1_000),
+            ))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            client,
+            http,
+            url: format!(
+                "{}/notifications",
+                cfg.notifications_url.trim_end_matches('/')
+            ),
+            cfg,
+            consumer,
+            metrics,
+            mark: redis::Script::new(MARK_SCRIPT),
+        })
+    }
+
+    /// Connects and consumes forever, reconnecting with backoff after Redis errors.
+    async fn run(&self) {
+        let mut failures: u32 = 0;
+        loop {
+            match self.session().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = self.backoff(failures);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox: redis unavailable");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Exponential backoff with jitter for retry number `n` (1-based), capped.
+    fn backoff(&self, n: u32) -> Duration {
+        let base = self.cfg.outbox_backoff_ms.max(1);
+        let cap = self.cfg.outbox_max_backoff_ms.max(base);
+        let exp = base
+            .saturating_mul(1u64 << n.saturating_sub(1).min(20))
+            .min(cap);
+        let jittered = rand::rng().random_range(exp / 2..=exp);
+        Duration::from_millis(jittered.max(1))
+    }
+
+    /// One connection's life: ensure the group, drain own pending entries, then loop reading.
+    /// Returns on a Redis error (the caller reconnects).
+    async fn session(&self) -> Result<(), RedisError> {
+        let block = Duration::from_millis(self.cfg.outbox_block_ms.max(1));
+        let conn_cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(block + Duration::from_secs(2)));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&conn_cfg)
+            .await?;
+        self.ensure_group(&mut conn).await?;
+        tracing::info!(consumer = %self.consumer, "outbox worker consuming {STREAM}");
+        // Our own entries left unacknowledged by a previous life of this consumer (bounded: each
+        // round acknowledges the whole batch, so this ends once the history is drained).
+        for _ in 0..10_000 {
+            let batch = self.read(&mut conn, "0", None).await?;
+            if batch.is_empty() {
+                break;
+            }
+            self.handle_batch(&mut conn, batch).await?;
+        }
+        let claim_every = Duration::from_millis((self.cfg.outbox_claim_idle_ms / 2).max(100));
+        let mut next_claim = Instant::now();
+        let mut claim_cursor = "0-0".to_owned();
+        loop {
+            if Instant::now() >= next_claim {
+                let (cursor, claimed) = self.autoclaim(&mut conn, &claim_cursor).await?;
+                if !claimed.is_empty() {
+                    tracing::info!(count = claimed.len(), "outbox: took over idle entries");
+                    self.handle_batch(&mut conn, claimed).await?;
+                }
+                if cursor == "0-0" {
+                    next_claim = Instant::now() + claim_every;
+                }
+                claim_cursor = cursor;
+            }
+            self.update_pending(&mut conn).await?;
+            let batch = self.read(&mut conn, ">", Some(block)).await?;
+            self.handle_batch(&mut conn, batch).await?;
+        }
+    }
+
+    async fn ensure_group(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+        let created: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(STREAM)
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match created {
+            Ok(()) => {
+                tracing::info!("outbox: created consumer group {GROUP}");
+                Ok(())
+            }
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `XREADGROUP` from `id` (`0`: own pending history; `>`: new entries, blocking).
+    async fn read(
+        &self,
+        conn: &mut MultiplexedConnection,
+        id: &str,
+        block: Option<Duration>,
+    ) -> Result<Vec<StreamId>, RedisError> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.cfg.outbox_batch.max(1));
+        if let Some(b) = block {
+            cmd.arg("BLOCK").arg(b.as_millis() as u64);
+        }
+        cmd.arg("STREAMS").arg(STREAM).arg(id);
+        let reply: Result<Option<StreamReadReply>, RedisError> = cmd.query_async(conn).await;
+        match reply {
+            Ok(r) => Ok(r
+                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                .unwrap_or_default()),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                tracing::warn!("outbox: stream or group vanished, recreating");
+                self.ensure_group(conn).await?;
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `XAUTOCLAIM` entries idle longer than the claim threshold; returns the next cursor.
+    async fn autoclaim(
+        &self,
+        conn: &mut MultiplexedConnection,
+        cursor: &str,
+    ) -> Result<(String, Vec<StreamId>), RedisError> {
+        let reply: Result<StreamAutoClaimReply, RedisError> = redis::cmd("XAUTOCLAIM")
+            .arg(STREAM)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(self.cfg.outbox_claim_idle_ms)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(self.cfg.outbox_batch.max(1))
+            .query_async(conn)
+            .await;
+        match reply {
+            Ok(r) => Ok((r.next_stream_id, r.claimed)),
+            Err(e) if e.code() == Some("NOGROUP") => {
+                self.ensure_group(conn).await?;
+                Ok(("0-0".to_owned(), Vec::new()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn update_pending(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+        let len: i64 = redis::cmd("XLEN").arg(STREAM).query_async(conn).await?;
+        self.metrics.pending.set(len);
+        Ok(())
+    }
+
+    /// Delivers a batch concurrently, then records every outcome in Redis.
+    async fn handle_batch(
+        &self,
+        conn: &mut MultiplexedConnection,
+        entries: Vec<StreamId>,
+    ) -> Result<(), RedisError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let messages: Vec<Message> = entries.iter().map(Message::from_entry).collect();
+        let outcomes = futures::future::join_all(messages.iter().map(|m| self.deliver(m))).await;
+        // The same reservation may appear twice in a batch (redelivery): keep one mark per id,
+        // "sent" winning over "failed".
+        let mut marks: HashMap<&str, Delivery> = HashMap::new();
+        for (m, outcome) in messages.iter().zip(&outcomes) {
+            if let Some(r) = &m.reservation_id {
+                let e = marks.entry(r.as_str()).or_insert(*outcome);
+                if *outcome == Delivery::Sent {
+                    *e = Delivery::Sent;
+                }
+            }
+        }
+        for (reservation_id, outcome) in marks {
+            let value = match outcome {
+                Delivery::Sent => "sent",
+                Delivery::Failed => "failed",
+            };
+            let _: i64 = self
+                .mark
+                .key(format!("res:{{{reservation_id}}}"))
+                .arg(value)
+                .invoke_async(conn)
+                .await?;
+        }
+        let ids: Vec<&str> = messages.iter().map(|m| m.entry_id.as_str()).collect();
+        redis::pipe()
+            .atomic()
+            .cmd("XACK")
+            .arg(STREAM)
+            .arg(GROUP)
+            .arg(&ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(STREAM)
+            .arg(&ids)
+            .ignore()
+            .query_async::<()>(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Posts one message, retrying transient failures with backoff until it is too old.
+    async fn deliver(&self, m: &Message) -> Delivery {
+        let Some(reservation_id) = &m.reservation_id else {
+            tracing::error!(entry = %m.entry_id, "outbox entry without reservationId, dropped");
+            self.metrics.failed.inc();
+            return Delivery::Failed;
+        };
+        let give_up = Duration::from_millis(self.cfg.outbox_give_up_ms);
+        let mut retry: u32 = 0;
+        loop {
+            match self.post(reservation_id, m).await {
+                Attempt::Ok => {
+                    self.metrics.delivered.inc();
+                    tracing::debug!(%reservation_id, kind = %m.kind, "notification delivered");
+                    return Delivery::Sent;
+                }
+                Attempt::Permanent(why) => {
+                    self.metrics.failed.inc();
+                    tracing::error!(%reservation_id, entry = %m.entry_id, %why, "notification rejected, giving up");
+                    return Delivery::Failed;
+                }
+                Attempt::Transient(why) => {
+                    if m.age() >= give_up {
+                        self.metrics.failed.inc();
+                        tracing::error!(%reservation_id, entry = %m.entry_id, %why, "notification undeliverable for too long, giving up");
+                        return Delivery::Failed;
+                    }
+                    retry = retry.saturating_add(1);
+                    self.metrics.retries.inc();
+                    let delay = self.backoff(retry);
+                    tracing::warn!(%reservation_id, %why, retry, retry_in_ms = delay.as_millis() as u64, "notification delivery failed, will retry");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn post(&self, reservation_id: &str, m: &Message) -> Attempt {
+        let body = json!({
+            "reservationId": reservation_id,
+            "userEmail": m.user_email,
+            "kind": m.kind,
+            "message": m.message,
+        });
+        match self.http.post(&self.url).json(&body).send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                if status.is_success() {
+                    Attempt::Ok
+                } else if status.is_server_error()
+                    || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                    || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+                {
+                    Attempt::Transient(format!("HTTP {status}"))
+                } else {
+                    let text = resp.text().await.unwrap_or_default();
+                    Attempt::Permanent(format!("HTTP {status}: {text}"))
+                }
+            }
+            Err(e) => Attempt::Transient(e.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    fn entry(id: &str, fields: &[(&str, &str)]) -> StreamId {
+        StreamId {
+            id: id.into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::BulkString(v.as_bytes().to_vec())))
+                .collect(),
+            ..StreamId::default()
+        }
+    }
+
+    #[test]
+    fn message_from_entry_fields() {
+        let m = Message::from_entry(&entry(
+            "1700000000000-0",
+            &[
+                ("reservationId", "R1"),
+                ("eventId", "EVT-001"),
+                ("userEmail", "a@b.c"),
+                ("kind", "reservation_confirmed"),
+                ("payload", "Seats A1 confirmed"),
+            ],
+        ));
+        assert_eq!(m.reservation_id.as_deref(), Some("R1"));
+        assert_eq!(m.message, "Seats A1 confirmed");
+        assert!(m.age() > Duration::from_secs(3600));
+        let m = Message::from_entry(&entry("5-0", &[("reservationId", "R2")]));
+        assert_eq!(m.kind, DEFAULT_KIND);
+        assert!(m.message.contains("R2"));
+        assert!(Message::from_entry(&entry("5-0", &[]))
+            .reservation_id
+            .is_none());
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let w = Worker::new(
+            "redis://127.0.0.1:1/",
+            OutboxConfig {
+                outbox_backoff_ms: 100,
+                outbox_max_backoff_ms: 1_000,
+                ..OutboxConfig::default()
+            },
+            "t".into(),
+            OutboxMetrics::new().unwrap(),
+        )
+        .unwrap();
+        for n in 1..40 {
+            let d = w.backoff(n);
+            assert!(d <= Duration::from_millis(1_000), "{n}: {d:?}");
+            assert!(d >= Duration::from_millis(50), "{n}: {d:?}");
+        }
+    }
+}
