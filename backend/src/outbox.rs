@@ -463,7 +463,21 @@ impl Worker {
             return Ok(());
         }
         let messages: Vec<Message> = entries.iter().map(Message::from_entry).collect();
-        let outcomes = futures::future::join_all(messages.iter().map(|m| self.deliver(m))).await;
+        let deliveries = futures::future::join_all(messages.iter().map(|m| self.deliver(m)));
+        tokio::pin!(deliveries);
+        // While deliveries are being retried (notifications down), keep the backlog gauge fresh.
+        let mut gauge_tick = tokio::time::interval(Duration::from_secs(1));
+        gauge_tick.tick().await;
+        let outcomes = loop {
+            tokio::select! {
+                outcomes = &mut deliveries => break outcomes,
+                _ = gauge_tick.tick() => {
+                    if let Err(e) = self.update_pending(conn).await {
+                        tracing::debug!(error = %e, "outbox: cannot read backlog");
+                    }
+                }
+            }
+        };
         // The same reservation may appear twice in a batch (redelivery): keep one mark per id,
         // "sent" winning over "failed".
         let mut marks: HashMap<&str, Delivery> = HashMap::new();

@@ -206,6 +206,15 @@ async fn notifications_down_then_back_delivers_once() {
         notification_field(&mut c, "R3").await.as_deref(),
         Some("queued")
     );
+    let metrics = s.metrics.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let m = metrics.clone();
+            async move { m.pending.get() == 1 }
+        })
+        .await,
+        "backlog gauge not updated while retrying"
+    );
     s.notifications.chaos.reset();
     let c2 = conn(&s.redis).await;
     assert!(
@@ -217,6 +226,14 @@ async fn notifications_down_then_back_delivers_once() {
     );
     assert_eq!(s.notifications.inbox.for_reservation("R3").len(), 1);
     assert_eq!(s.metrics.delivered.get(), 1);
+    let metrics = s.metrics.clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let m = metrics.clone();
+            async move { m.pending.get() == 0 }
+        })
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
