@@ -691,6 +691,7 @@
           ejectionsTotal: num(pick(srv, 'ejectionsTotal', 'ejections_total')),
           inflight: num(pick(srv, 'inflight', 'inFlight', 'in_flight')),
           consecutiveFailures: num(pick(srv, 'consecutiveFailures', 'consecutive_failures')),
+          available: pick(srv, 'available'),
           lastCheck: pick(srv, 'lastCheck', 'last_check', 'lastCheckAt', 'last_check_at'),
         };
       });
@@ -699,7 +700,10 @@
         breaker: normBreaker(pick(u, 'breaker', 'breakerState', 'breaker_state', 'circuit')),
         inflight: num(pick(u, 'inflight', 'inFlight', 'in_flight')),
         maxInflight: num(pick(u, 'maxInflight', 'max_inflight')),
-        queued: num(pick(u, 'queued', 'queue')),
+        queued: num(pick(u, 'queued')),
+        queue: num(pick(u, 'queue')),
+        windowCalls: num(pick(u, 'breakerWindowCalls', 'breaker_window_calls')),
+        windowFailures: num(pick(u, 'breakerWindowFailures', 'breaker_window_failures')),
         servers,
       });
     }
@@ -729,6 +733,19 @@
     if (s.ejected === true || (s.ejected === undefined && s.ejectedForMs > 0)) return 'ejected';
     if (s.healthy === true || s.ejected === false) return 'healthy';
     return 'unknown';
+  }
+
+  /** The last active health check: an object {atUnixMs, ok, detail, durationMs} or a time. */
+  function fmtCheck(c) {
+    if (c === undefined || c === null) return '—';
+    if (!isObj(c)) return fmtWhen(c);
+    const at = num(pick(c, 'atUnixMs', 'at_unix_ms', 'at'));
+    const ok = pick(c, 'ok');
+    const detail = pick(c, 'detail');
+    const dur = num(pick(c, 'durationMs', 'duration_ms'));
+    return '<span class="' + (ok === false ? 'check-bad' : ok === true ? 'check-ok' : '') + '">' + (ok === false ? '✗ ' : ok === true ? '✓ ' : '') + esc(detail === undefined ? '' : detail) + '</span>' +
+      (dur !== undefined ? ' <span class="muted">' + fmtCount(dur) + ' ms</span>' : '') +
+      (at !== undefined ? ' <span class="muted">· ' + esc(fmtAgo(Date.now() - at)) + '</span>' : '');
   }
 
   function cell(v, fmt) {
@@ -763,7 +780,7 @@
           '<td class="num">' + cell(s.ejectionsTotal, fmtCount) + '</td>' +
           '<td class="num">' + cell(s.inflight, fmtCount) + '</td>' +
           '<td class="num">' + cell(s.consecutiveFailures, fmtCount) + '</td>' +
-          '<td>' + cell(s.lastCheck, fmtWhen) + '</td>' +
+          '<td>' + fmtCheck(s.lastCheck) + '</td>' +
           '</tr>';
       }).join('');
       return '<div class="upstream breaker-' + breaker + '" data-testid="upstream" data-upstream="' + esc(u.name) + '">' +
@@ -771,7 +788,9 @@
         '<span class="badge ' + breaker + '" data-testid="breaker-state" data-upstream="' + esc(u.name) + '" data-state="' + breaker + '" title="circuit breaker">breaker ' + breaker.replace('_', '-') + '</span>' +
         '<span class="inflight" title="in flight / max_inflight (bulkhead)">in flight <b data-testid="upstream-inflight">' + cell(u.inflight, fmtCount) + '</b> / ' + cell(u.maxInflight, fmtCount) +
         '<span class="bar"><span style="width:' + pct.toFixed(1) + '%"></span></span></span>' +
-        '<span class="queued">queued <b>' + cell(u.queued, fmtCount) + '</b></span></div>' +
+        '<span class="queued">queued <b>' + cell(u.queued, fmtCount) + '</b>' + (u.queue !== undefined ? ' / ' + fmtCount(u.queue) : '') + '</span>' +
+        (u.windowCalls !== undefined ? '<span class="queued" title="calls and failures in the breaker\'s current window">breaker window <b>' + fmtCount(u.windowFailures || 0) + '</b> failed of <b>' + fmtCount(u.windowCalls) + '</b></span>' : '') +
+        '</div>' +
         '<table class="servers"><thead><tr><th>Server</th><th>State</th><th>Ejected for</th><th class="num">Times ejected</th><th class="num">Ejections</th><th class="num">In flight</th><th class="num">Consecutive failures</th><th>Last check</th></tr></thead>' +
         '<tbody>' + (rows || '<tr><td colspan="8" class="empty">no servers</td></tr>') + '</tbody></table></div>';
     }).join('');
@@ -793,8 +812,9 @@
 
   function renderZones() {
     const host = byTestId('zones');
-    const req = entries(lastStatus ? pick(lastStatus, 'limitReqZones', 'limit_req_zones') : undefined, 'name', 'zone');
-    const conn = entries(lastStatus ? pick(lastStatus, 'limitConnZones', 'limit_conn_zones') : undefined, 'name', 'zone');
+    const zones = lastStatus ? pick(lastStatus, 'zones') : undefined;
+    const req = entries(lastStatus ? pick(lastStatus, 'limitReqZones', 'limit_req_zones') ?? pick(zones, 'limitReq', 'limit_req') : undefined, 'name', 'zone');
+    const conn = entries(lastStatus ? pick(lastStatus, 'limitConnZones', 'limit_conn_zones') ?? pick(zones, 'limitConn', 'limit_conn') : undefined, 'name', 'zone');
     const rateOf = (kind, zone) => {
       const last = samples.length ? samples[samples.length - 1] : null;
       return last && last.ok ? last.rates[[kind, zone].join(SEP)] : undefined;
@@ -816,9 +836,11 @@
     });
     for (const [zone, z] of conn) {
       const keys = num(pick(z, 'keys', 'keysTracked', 'keys_tracked'));
+      const maxKeys = num(pick(z, 'maxKeys', 'max_keys'));
+      const inflight = num(pick(z, 'inflight', 'inFlight', 'in_flight'));
       const rej = total('gateway_limit_conn_rejected_total', zone);
-      rows.push('<tr data-testid="zone-row" data-zone="' + esc(zone) + '" data-kind="limit_conn"><td class="mono">' + esc(zone) + '</td><td>conn</td><td>—</td>' +
-        '<td class="num">' + cell(keys, fmtCount) + '</td>' +
+      rows.push('<tr data-testid="zone-row" data-zone="' + esc(zone) + '" data-kind="limit_conn"><td class="mono">' + esc(zone) + '</td><td>conn</td><td>' + (inflight !== undefined ? fmtCount(inflight) + ' in flight' : '—') + '</td>' +
+        '<td class="num">' + cell(keys, fmtCount) + (maxKeys !== undefined ? ' <span class="muted">/ ' + fmtCount(maxKeys) + '</span>' : '') + '</td>' +
         '<td class="num' + (rej > 0 ? ' hot' : '') + '" data-testid="zone-rejected" data-value="' + (Number.isFinite(rej) ? rej : '') + '">' + cell(rej, fmtCount) + ' <span class="muted">(' + fmtRate(rateOf('lc_rej', zone)) + '/s)</span></td><td class="num">—</td></tr>');
     }
     host.innerHTML = '<table><thead><tr><th>Zone</th><th>Kind</th><th>Rate</th><th class="num">Keys</th><th class="num">Rejected</th><th class="num">Delayed</th></tr></thead><tbody>' + rows.join('') + '</tbody></table>';
