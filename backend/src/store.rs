@@ -201,6 +201,7 @@ impl Store {
                 Err(_) => tracing::warn!("redis not answering yet"),
             }
         });
+        tokio::spawn(monitor(Arc::downgrade(&store.inner)));
         Ok(store)
     }
 
@@ -317,6 +318,44 @@ impl Store {
                 permit.success();
                 Err(StoreError::Redis(e))
             }
+        }
+    }
+}
+
+/// How often [`monitor`] looks at a breaker that is not closed.
+const MONITOR_EVERY: Duration = Duration::from_millis(250);
+
+/// Background recovery, independent of traffic: while the breaker is not closed, `PING` Redis
+/// outside the breaker (each failure makes the connection manager start a fresh reconnect, so the
+/// connection is ready when Redis returns), and once the open period is over use the half-open
+/// probe permit for a `PING`, so the breaker closes within [`MONITOR_EVERY`] of Redis answering
+/// again. Ends when the last [`Store`] clone is dropped.
+async fn monitor(store: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(MONITOR_EVERY).await;
+        let Some(inner) = store.upgrade() else { return };
+        let state = inner.breaker.state();
+        if state == BreakerState::Closed || inner.chaos.inventory_down() {
+            continue;
+        }
+        let permit = if state == BreakerState::HalfOpen {
+            inner.breaker.try_acquire().ok()
+        } else {
+            None
+        };
+        let mut conn = inner.manager.clone();
+        let ping = redis::cmd("PING");
+        let ok = matches!(
+            tokio::time::timeout(inner.cfg.timeout(), ping.query_async::<String>(&mut conn)).await,
+            Ok(Ok(_))
+        );
+        match (permit, ok) {
+            (Some(p), true) => {
+                p.success();
+                tracing::info!("redis is back, breaker closed");
+            }
+            (Some(p), false) => p.failure(),
+            (None, _) => {}
         }
     }
 }
