@@ -8,3 +8,4 @@ pub mod payments;
 pub mod payments_client;
 pub mod store;
 pub mod telemetry;
+pub mod reservations;

@@ -1,1 +1,35 @@
-fn main() {}
+//! `backend`: the reservations, payments and notifications services (one binary, subcommands).
+
+use clap::{Parser, Subcommand};
+
+use backend::reservations::{self, ReservationsArgs};
+
+/// Ticket-reservation backend services.
+#[derive(Debug, Parser)]
+#[command(name = "backend", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Reservations API: seat inventory on Redis Lua scripts and the reservation saga.
+    Reservations(Box<ReservationsArgs>),
+    /// Payments service (idempotent charges, refunds).
+    Payments(backend::payments::PaymentsArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    backend::telemetry::init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Reservations(args) => reservations::run(*args).await,
+            Command::Payments(args) => backend::payments::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,396 @@
+//! Validation of `POST /api/reservations` bodies and of identifiers, turning untrusted JSON into a
+//! typed [`ReservationRequest`] or a 422 `invalid_request` naming the field.
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// Most seats (or general-admission tickets) one reservation may take.
+pub const MAX_PER_RESERVATION: usize = 10;
+/// Longest event id.
+pub const MAX_EVENT_ID_LEN: usize = 64;
+/// Longest seat id.
+pub const MAX_SEAT_ID_LEN: usize = 32;
+/// Longest `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+/// Longest e-mail address (RFC 5321 path limit).
+pub const MAX_EMAIL_LEN: usize = 254;
+
+/// What is being reserved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// Numbered seats (from `seatId` or `seats`), distinct, in request order.
+    Seats(Vec<String>),
+    /// General-admission tickets (`quantity`).
+    Quantity(u32),
+}
+
+impl Selection {
+    /// Number of places taken.
+    pub fn count(&self) -> usize {
+        match self {
+            Selection::Seats(s) => s.len(),
+            Selection::Quantity(q) => *q as usize,
+        }
+    }
+}
+
+/// A validated reservation request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReservationRequest {
+    /// Event id (validated charset).
+    pub event_id: String,
+    /// Seats or quantity.
+    pub selection: Selection,
+    /// Buyer e-mail, as sent.
+    pub user_email: String,
+    /// Price, finite and positive.
+    pub amount: f64,
+}
+
+impl ReservationRequest {
+    /// Validates a parsed JSON body. Unknown fields are ignored.
+    pub fn from_json(body: &Value) -> Result<Self, ApiError> {
+        let Value::Object(obj) = body else {
+            return Err(ApiError::invalid_request(
+                "body",
+                "body must be a JSON object like {\"eventId\":\"EVT-001\",\"seatId\":\"A1\",\"userEmail\":\"a@b.c\",\"amount\":50.0}",
+            ));
+        };
+        let event_id = match obj.get("eventId") {
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid_request("eventId", "eventId is required"))
+            }
+            Some(Value::String(s)) if is_valid_id(s, MAX_EVENT_ID_LEN) => s.clone(),
+            Some(Value::String(_)) => {
+                return Err(ApiError::invalid_request(
+                    "eventId",
+                    "eventId must be 1-64 characters of A-Z a-z 0-9 _ - .",
+                ))
+            }
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "eventId",
+                    "eventId must be a string",
+                ))
+            }
+        };
+        let present = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+        let chosen: Vec<&str> = ["seatId", "seats", "quantity"]
+            .into_iter()
+            .filter(|k| present(k))
+            .collect();
+        let selection = match chosen.as_slice() {
+            [] => {
+                return Err(ApiError::invalid_request(
+                    "seatId",
+                    "one of seatId, seats or quantity is required",
+                ))
+            }
+            [one] => parse_selection(one, &obj[*one])?,
+            [first, second, ..] => {
+                return Err(ApiError::invalid_request(
+                    second,
+                    format!("{first} and {second} are mutually exclusive: send only one"),
+                ))
+            }
+        };
+        let user_email = match obj.get("userEmail") {
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid_request(
+                    "userEmail",
+                    "userEmail is required",
+                ))
+            }
+            Some(Value::String(s)) if is_valid_email(s) => s.clone(),
+            Some(Value::String(_)) => {
+                return Err(ApiError::invalid_request(
+                    "userEmail",
+                    "userEmail must be a valid e-mail address like a@b.c",
+                ))
+            }
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "userEmail",
+                    "userEmail must be a string",
+                ))
+            }
+        };
+        let amount = match obj.get("amount") {
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid_request("amount", "amount is required"))
+            }
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(a) if a.is_finite() && a > 0.0 => a,
+                _ => {
+                    return Err(ApiError::invalid_request(
+                        "amount",
+                        "amount must be a finite number greater than 0",
+                    ))
+                }
+            },
+            Some(_) => {
+                return Err(ApiError::invalid_request(
+                    "amount",
+                    "amount must be a number",
+                ))
+            }
+        };
+        Ok(Self {
+            event_id,
+            selection,
+            user_email,
+            amount,
+        })
+    }
+
+    /// A digest of the normalised request: equal for the same reservation asked twice (seat order
+    /// and JSON formatting do not matter), different otherwise. Used for `Idempotency-Key`.
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.event_id.as_bytes());
+        h.update(b"\n");
+        match &self.selection {
+            Selection::Seats(seats) => {
+                let mut sorted: Vec<&str> = seats.iter().map(String::as_str).collect();
+                sorted.sort_unstable();
+                h.update(b"seats:");
+                h.update(sorted.join(",").as_bytes());
+            }
+            Selection::Quantity(q) => {
+                h.update(b"quantity:");
+                h.update(q.to_string().as_bytes());
+            }
+        }
+        h.update(b"\n");
+        h.update(self.user_email.as_bytes());
+        h.update(b"\n");
+        h.update(self.amount.to_bits().to_be_bytes());
+        hex::encode(&h.finalize()[..16])
+    }
+}
+
+fn parse_selection(field: &str, v: &Value) -> Result<Selection, ApiError> {
+    match field {
+        "seatId" => match v {
+            Value::String(s) if is_valid_id(s, MAX_SEAT_ID_LEN) => {
+                Ok(Selection::Seats(vec![s.clone()]))
+            }
+            Value::String(_) => Err(ApiError::invalid_request(
+                "seatId",
+                "seatId must be 1-32 characters of A-Z a-z 0-9 _ - .",
+            )),
+            _ => Err(ApiError::invalid_request(
+                "seatId",
+                "seatId must be a string",
+            )),
+        },
+        "seats" => {
+            let Value::Array(items) = v else {
+                return Err(ApiError::invalid_request(
+                    "seats",
+                    "seats must be an array of seat ids",
+                ));
+            };
+            if items.is_empty() || items.len() > MAX_PER_RESERVATION {
+                return Err(ApiError::invalid_request(
+                    "seats",
+                    format!("seats must list 1 to {MAX_PER_RESERVATION} seat ids"),
+                ));
+            }
+            let mut seats: Vec<String> = Vec::with_capacity(items.len());
+            for item in items {
+                let Value::String(s) = item else {
+                    return Err(ApiError::invalid_request(
+                        "seats",
+                        "seats must contain only strings",
+                    ));
+                };
+                if !is_valid_id(s, MAX_SEAT_ID_LEN) {
+                    return Err(ApiError::invalid_request(
+                        "seats",
+                        "each seat id must be 1-32 characters of A-Z a-z 0-9 _ - .",
+                    ));
+                }
+                if seats.contains(s) {
+                    return Err(ApiError::invalid_request(
+                        "seats",
+                        format!("seat {s} is listed twice"),
+                    ));
+                }
+                seats.push(s.clone());
+            }
+            Ok(Selection::Seats(seats))
+        }
+        _ => {
+            let max = MAX_PER_RESERVATION as u64;
+            match v.as_u64() {
+                Some(q) if (1..=max).contains(&q) => Ok(Selection::Quantity(q as u32)),
+                _ => Err(ApiError::invalid_request(
+                    "quantity",
+                    format!("quantity must be an integer from 1 to {max}"),
+                )),
+            }
+        }
+    }
+}
+
+/// An identifier (event, seat, reservation): 1..=`max` characters of `A-Z a-z 0-9 _ - .`.
+pub fn is_valid_id(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// A pragmatic e-mail check: `local@domain.tld`, ASCII, no whitespace, no braces.
+pub fn is_valid_email(s: &str) -> bool {
+    if s.len() < 5 || s.len() > MAX_EMAIL_LEN {
+        return false;
+    }
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`~.-".contains(&b));
+    let domain_ok = domain.contains('.')
+        && !domain.starts_with(['.', '-'])
+        && !domain.ends_with(['.', '-'])
+        && !domain.contains("..")
+        && domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    local_ok && domain_ok
+}
+
+/// Validates an `Idempotency-Key` header value: 1..=200 visible ASCII characters without braces.
+pub fn validate_idempotency_key(raw: &[u8]) -> Result<String, ApiError> {
+    let ok = !raw.is_empty()
+        && raw.len() <= MAX_IDEMPOTENCY_KEY_LEN
+        && raw
+            .iter()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'{' | b'}'));
+    if !ok {
+        return Err(ApiError::invalid_request(
+            "Idempotency-Key",
+            "Idempotency-Key must be 1-200 visible ASCII characters without braces",
+        ));
+    }
+    Ok(String::from_utf8_lossy(raw).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field_of(v: Value) -> String {
+        let e = ReservationRequest::from_json(&v).unwrap_err();
+        assert_eq!(e.code, "invalid_request");
+        e.extra["field"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn accepts_the_three_shapes() {
+        let r = ReservationRequest::from_json(
+            &json!({"eventId":"EVT-001","seatId":"A1","userEmail":"a@b.c","amount":50.0}),
+        )
+        .unwrap();
+        assert_eq!(r.selection, Selection::Seats(vec!["A1".into()]));
+        let r = ReservationRequest::from_json(
+            &json!({"eventId":"EVT-001","seats":["A1","A2"],"userEmail":"a@b.c","amount":5}),
+        )
+        .unwrap();
+        assert_eq!(r.selection.count(), 2);
+        let r = ReservationRequest::from_json(
+            &json!({"eventId":"EVT-002","quantity":3,"userEmail":"a@b.c","amount":5}),
+        )
+        .unwrap();
+        assert_eq!(r.selection, Selection::Quantity(3));
+    }
+
+    #[test]
+    fn names_the_bad_field() {
+        let base = json!({"eventId":"EVT-001","seatId":"A1","userEmail":"a@b.c","amount":50.0});
+        let with = |k: &str, v: Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            b
+        };
+        assert_eq!(field_of(json!([1, 2])), "body");
+        assert_eq!(field_of(with("eventId", json!(5))), "eventId");
+        assert_eq!(field_of(with("eventId", json!(""))), "eventId");
+        assert_eq!(field_of(with("userEmail", json!(""))), "userEmail");
+        assert_eq!(field_of(with("userEmail", json!("nope"))), "userEmail");
+        assert_eq!(field_of(with("amount", json!(0))), "amount");
+        assert_eq!(field_of(with("amount", json!(-3.5))), "amount");
+        assert_eq!(field_of(with("amount", json!("5"))), "amount");
+        assert_eq!(field_of(with("quantity", json!(2))), "quantity");
+        assert_eq!(field_of(with("seats", json!(["A1"]))), "seats");
+        assert_eq!(field_of(with("seatId", json!(3))), "seatId");
+        let mut no_sel = base.clone();
+        no_sel.as_object_mut().unwrap().remove("seatId");
+        assert_eq!(field_of(no_sel.clone()), "seatId");
+        let q = |v: Value| {
+            let mut b = no_sel.clone();
+            b["quantity"] = v;
+            b
+        };
+        assert_eq!(field_of(q(json!(0))), "quantity");
+        assert_eq!(field_of(q(json!(11))), "quantity");
+        assert_eq!(field_of(q(json!(1.5))), "quantity");
+        assert_eq!(field_of(q(json!(-1))), "quantity");
+        let s = |v: Value| {
+            let mut b = no_sel.clone();
+            b["seats"] = v;
+            b
+        };
+        assert_eq!(field_of(s(json!(["A1", "A1"]))), "seats");
+        assert_eq!(field_of(s(json!([]))), "seats");
+        assert_eq!(field_of(s(json!("A1"))), "seats");
+    }
+
+    #[test]
+    fn fingerprint_ignores_seat_order_but_not_content() {
+        let a = ReservationRequest::from_json(
+            &json!({"eventId":"E","seats":["A1","A2"],"userEmail":"a@b.c","amount":5}),
+        )
+        .unwrap();
+        let b = ReservationRequest::from_json(
+            &json!({"amount":5.0,"userEmail":"a@b.c","seats":["A2","A1"],"eventId":"E"}),
+        )
+        .unwrap();
+        let c = ReservationRequest::from_json(
+            &json!({"eventId":"E","seats":["A1","A2"],"userEmail":"a@b.c","amount":6}),
+        )
+        .unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn emails() {
+        for ok in ["a@b.c", "first.last+tag@example.co.uk"] {
+            assert!(is_valid_email(ok), "{ok}");
+        }
+        for bad in [
+            "", "a@b", "@b.c", "a@.c", "a b@c.d", "a@b..c", "a{x}@b.c", "a@b.c.",
+        ] {
+            assert!(!is_valid_email(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert!(validate_idempotency_key(b"abc-123").is_ok());
+        assert!(validate_idempotency_key(b"").is_err());
+        assert!(validate_idempotency_key(b"a b").is_err());
+        assert!(validate_idempotency_key(b"{x}").is_err());
+    }
+}
