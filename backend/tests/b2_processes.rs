@@ -52,3 +52,48 @@ async fn payments_process_serves_the_api() {
         .unwrap();
     assert!(metrics.contains("payments_operations_total"), "{metrics}");
 }
+
+#[tokio::test]
+async fn request_id_appears_in_json_logs_and_sigterm_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("payments.log");
+    let port = common::free_port();
+    let mut child = std::process::Command::new(common::backend_bin())
+        .args(["payments", "--listen", &format!("127.0.0.1:{port}")])
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(common::wait_for_port(port, Duration::from_secs(30)));
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/payments/R9"))
+        .header("x-request-id", "log-check-77")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("log-check-77"))
+        .unwrap_or_else(|| panic!("request id not logged:\n{logs}"));
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["span"]["request_id"], "log-check-77");
+}
