@@ -29,7 +29,7 @@ fn config(servers: &[SocketAddr], extra: &str) -> String {
     )
 }
 
-fn server_json<'a>(status: &'a serde_json::Value, index: usize) -> &'a serde_json::Value {
+fn server_json(status: &serde_json::Value, index: usize) -> &serde_json::Value {
     &status["upstreams"]["u"]["servers"][index]
 }
 
