@@ -11,9 +11,9 @@
 //!    periodically take over entries idle longer than `--outbox-claim-idle-ms` from dead consumers
 //!    (`XAUTOCLAIM`), and otherwise wait for new ones (`XREADGROUP ... BLOCK ... >`);
 //! 3. POST each entry as `{reservationId, userEmail, kind, message}` to `/notifications`. Transient
-//!    failures (connection errors, timeouts, 5xx, 408, 429) are retried with capped exponential
-//!    backoff and jitter for as long as the entry is younger than `--outbox-give-up-ms`; other 4xx
-//!    answers are permanent;
+//!    failures (connection errors, timeouts, any non-2xx answer except 400/413/422) are retried
+//!    with capped exponential backoff and jitter for as long as the entry is younger than
+//!    `--outbox-give-up-ms`; 400/413/422 (the message itself is invalid) are permanent;
 //! 4. on success set `notification`=`sent` on `res:{<reservationId>}` (only if that hash exists),
 //!    on giving up set it to `failed`; then `XACK` and `XDEL` the entry (the stream only holds what
 //!    is not delivered yet, so its length is the backlog).
@@ -193,6 +193,12 @@ enum SetupError {
     Redis(#[from] RedisError),
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+}
+
+/// Answers meaning "this message itself is invalid": retrying cannot help. Anything else that is
+/// not 2xx (5xx, 404 from a misrouted URL, 429, ...) may heal and is retried.
+fn is_rejection(status: reqwest::StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 413 | 422)
 }
 
 /// One stream entry made ready for delivery.
@@ -567,14 +573,11 @@ impl Worker {
                 let status = resp.status();
                 if status.is_success() {
                     Attempt::Ok
-                } else if status.is_server_error()
-                    || status == reqwest::StatusCode::REQUEST_TIMEOUT
-                    || status == reqwest::StatusCode::TOO_MANY_REQUESTS
-                {
-                    Attempt::Transient(format!("HTTP {status}"))
-                } else {
+                } else if is_rejection(status) {
                     let text = resp.text().await.unwrap_or_default();
                     Attempt::Permanent(format!("HTTP {status}: {text}"))
+                } else {
+                    Attempt::Transient(format!("HTTP {status}"))
                 }
             }
             Err(e) => Attempt::Transient(e.to_string()),

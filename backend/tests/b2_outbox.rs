@@ -22,6 +22,10 @@ struct Setup {
 }
 
 async fn setup(claim_idle_ms: u64) -> Setup {
+    setup_with(claim_idle_ms, 3_600_000).await
+}
+
+async fn setup_with(claim_idle_ms: u64, give_up_ms: u64) -> Setup {
     let redis = RedisServer::start();
     let notifications = NotificationsState::new().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -34,6 +38,7 @@ async fn setup(claim_idle_ms: u64) -> Setup {
         outbox_backoff_ms: 50,
         outbox_max_backoff_ms: 300,
         outbox_claim_idle_ms: claim_idle_ms,
+        outbox_give_up_ms: give_up_ms,
         ..OutboxConfig::default()
     };
     let metrics = OutboxMetrics::new().unwrap();
@@ -321,4 +326,55 @@ async fn survives_redis_restart() {
         })
         .await
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_or_too_old_entries_are_marked_failed() {
+    let s = setup_with(30_000, 1_500).await;
+    let mut c = conn(&s.redis).await;
+    // Rejected by notifications (422: no userEmail): failed at once, not retried.
+    reservation_hash(&mut c, "R10").await;
+    let _: String = redis::cmd("XADD")
+        .arg(STREAM)
+        .arg("*")
+        .arg("reservationId")
+        .arg("R10")
+        .arg("kind")
+        .arg("reservation_confirmed")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let c2 = conn(&s.redis).await;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let mut c = c2.clone();
+            async move { notification_field(&mut c, "R10").await.as_deref() == Some("failed") }
+        })
+        .await
+    );
+    assert_eq!(s.metrics.retries.get(), 0);
+    // Undeliverable for longer than the give-up age (1.5 s here): failed after retrying.
+    s.notifications.chaos.set(ChaosSettings {
+        down: true,
+        ..ChaosSettings::default()
+    });
+    reservation_hash(&mut c, "R11").await;
+    xadd(&mut c, "R11", "reservation_confirmed").await;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let mut c = c2.clone();
+            async move { notification_field(&mut c, "R11").await.as_deref() == Some("failed") }
+        })
+        .await
+    );
+    assert!(s.metrics.retries.get() >= 2);
+    assert_eq!(s.metrics.failed.get(), 2);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let mut c = c2.clone();
+            async move { pending(&mut c).await == 0 }
+        })
+        .await
+    );
+    assert_eq!(s.notifications.inbox.summary().count, 0);
 }
