@@ -18,6 +18,8 @@ enum Command {
     Reservations(Box<ReservationsArgs>),
     /// Payments service (idempotent charges, refunds).
     Payments(backend::payments::PaymentsArgs),
+    /// Notifications service (records deliveries from the outbox).
+    Notifications(backend::notifications::NotificationsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Reservations(args) => reservations::run(*args).await,
             Command::Payments(args) => backend::payments::run(args).await,
+            Command::Notifications(args) => backend::notifications::run(args).await,
         }
     })
 }

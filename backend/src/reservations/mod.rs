@@ -25,6 +25,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::chaos::{self, Chaos};
+use crate::outbox::{self, OutboxConfig, OutboxMetrics};
 use crate::payments_client::{PaymentsClient, PaymentsClientConfig};
 use crate::store::{Store, StoreConfig};
 use crate::telemetry::{self, Metrics};
@@ -43,13 +44,6 @@ pub struct ReservationsArgs {
     /// Redis holding inventory, sagas and the outbox.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
     pub redis_url: String,
-    /// Notifications service base URL (for the outbox worker).
-    #[arg(
-        long,
-        env = "NOTIFICATIONS_URL",
-        default_value = "http://127.0.0.1:3003"
-    )]
-    pub notifications_url: String,
     /// How long a seat hold lasts before returning to stock by itself, in milliseconds.
     #[arg(long, env = "HOLD_TTL_MS", default_value_t = 120_000)]
     pub hold_ttl_ms: u64,
@@ -69,9 +63,12 @@ pub struct ReservationsArgs {
     /// Guarded Redis tuning.
     #[command(flatten)]
     pub store: StoreConfig,
-    /// Payments client tuning (timeouts, retries, breaker, bulkhead).
+    /// Payments client tuning (URL, timeouts, retries, breaker, bulkhead).
     #[command(flatten)]
     pub payments: PaymentsClientConfig,
+    /// Outbox delivery worker (notifications URL, retries).
+    #[command(flatten)]
+    pub outbox: OutboxConfig,
 }
 
 fn default_replica_id() -> String {
@@ -144,6 +141,17 @@ pub async fn run(args: ReservationsArgs) -> anyhow::Result<()> {
     let sweep_every = Duration::from_millis((args.hold_ttl_ms / 4).clamp(20, 500));
     tokio::spawn(sweeper::run(saga.clone(), sweep_every));
 
+    // The sender lives as long as this function: the worker runs until the process ends.
+    let (_outbox_stop, outbox_stop_rx) = tokio::sync::watch::channel(false);
+    let outbox_metrics = OutboxMetrics::register(&metrics.registry).context("outbox metrics")?;
+    outbox::spawn_worker_with_metrics(
+        args.redis_url.clone(),
+        args.outbox.clone(),
+        owner.clone(),
+        outbox_stop_rx,
+        outbox_metrics,
+    );
+
     let state = AppState { saga, events };
     let app = router(state, chaos, metrics);
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -152,4 +160,27 @@ pub async fn run(args: ReservationsArgs) -> anyhow::Result<()> {
     tracing::info!(listen = %args.listen, replica = %owner, "reservations listening");
     axum::serve(listener, app).await.context("serve")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReservationsArgs,
+    }
+
+    #[test]
+    fn flags_are_unique_and_defaults_match_the_spec() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::parse_from(["x"]);
+        assert_eq!(cli.args.listen.to_string(), "127.0.0.1:3001");
+        assert_eq!(cli.args.request_deadline_ms, 15_000);
+        assert_eq!(cli.args.payments.payments_url, "http://127.0.0.1:3002");
+        assert_eq!(cli.args.outbox.notifications_url, "http://127.0.0.1:3003");
+    }
 }
