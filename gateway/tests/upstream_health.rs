@@ -130,6 +130,29 @@ async fn server_answering_500_on_health_goes_down_and_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_check_slower_than_timeout_is_a_failure() {
+    let a = TestServer::start();
+    let b = TestServer::start();
+    let (u, bg) = start(&config(&[a.addr(), b.addr()], 2, 2));
+    wait_checked_ok(&u, 2).await;
+    // The check timeout is 300 ms.
+    a.set_health_delay(Duration::from_millis(800));
+    let (_, took) = wait_for(Duration::from_secs(3), || {
+        (!server(&u, 0).healthy).then_some(())
+    })
+    .await
+    .expect("a hanging /health marks the server down");
+    println!("hanging server marked down after {took:?}");
+    assert!(server(&u, 0)
+        .last_check
+        .unwrap()
+        .detail
+        .starts_with("timed out"));
+    assert!(server(&u, 1).healthy);
+    bg.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_servers_down_leaves_nothing_to_select() {
     let a = TestServer::start();
     let b = TestServer::start();

@@ -22,6 +22,8 @@ pub struct Control {
     pub status: AtomicU16,
     /// Delay before answering every other request, in ms.
     pub delay_ms: AtomicU64,
+    /// Delay before answering `GET /health`, in ms.
+    pub health_delay_ms: AtomicU64,
     /// `/health` requests received.
     pub health_hits: AtomicUsize,
     /// Other requests received.
@@ -39,6 +41,10 @@ pub struct TestServer {
 
 async fn health(State(ctl): State<Arc<Control>>) -> (StatusCode, &'static str) {
     ctl.health_hits.fetch_add(1, Ordering::SeqCst);
+    let delay = ctl.health_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let status = StatusCode::from_u16(ctl.health_status.load(Ordering::SeqCst))
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, "health")
@@ -62,6 +68,7 @@ impl TestServer {
             health_status: AtomicU16::new(200),
             status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
+            health_delay_ms: AtomicU64::new(0),
             health_hits: AtomicUsize::new(0),
             hits: AtomicUsize::new(0),
         });
@@ -138,6 +145,14 @@ impl TestServer {
     /// Delays every other path.
     pub fn set_delay(&self, delay: Duration) {
         self.ctl.delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Delays `GET /health`.
+    pub fn set_health_delay(&self, delay: Duration) {
+        self.ctl.health_delay_ms.store(
             u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             Ordering::SeqCst,
         );
