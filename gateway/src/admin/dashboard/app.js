@@ -377,8 +377,11 @@
     const padL = 40, padR = 10, padT = 8, padB = 20;
     const plotW = W - padL - padR, plotH = H - padT - padB;
     const end = samples.length ? samples[samples.length - 1].t : Date.now();
-    const start = end - WINDOW_MS;
-    const xOf = (t) => padL + ((t - start) / WINDOW_MS) * plotW;
+    // The time axis grows with the data, one minute at a time, up to the 5-minute window.
+    const span = samples.length ? end - samples[0].t : 0;
+    const windowMs = Math.min(WINDOW_MS, Math.max(60000, Math.ceil(span / 60000) * 60000));
+    const start = end - windowMs;
+    const xOf = (t) => padL + ((t - start) / windowMs) * plotW;
 
     // Stack if asked; remember each point's lower and upper edge.
     const n = samples.length;
@@ -414,11 +417,14 @@
       parts.push('<text class="axis" x="' + (padL - 6) + '" y="' + y + '" dy="0.32em" text-anchor="end">' + fmtTick(v) + '</text>');
     }
     const narrow = plotW < 520;
-    for (let m = 0; m <= WINDOW_MS / 60000; m++) {
-      const x = xOf(end - m * 60000).toFixed(1);
+    const tickMs = windowMs <= 60000 ? (narrow ? 20000 : 10000) : windowMs <= 120000 ? 30000 : 60000;
+    const ticks = Math.round(windowMs / tickMs);
+    for (let m = 0; m <= ticks; m++) {
+      const x = xOf(end - m * tickMs).toFixed(1);
       parts.push('<line class="grid-line v" x1="' + x + '" x2="' + x + '" y1="' + padT + '" y2="' + (padT + plotH) + '"/>');
-      const label = m === 0 ? 'now' : '−' + m + (narrow ? 'm' : ' min');
-      const anchor = m === 0 ? 'end' : m === WINDOW_MS / 60000 ? 'start' : 'middle';
+      const ago = (m * tickMs) / 1000;
+      const label = m === 0 ? 'now' : ago < 60 || ago % 60 ? '−' + ago + (narrow ? 's' : ' s') : '−' + ago / 60 + (narrow ? 'm' : ' min');
+      const anchor = m === 0 ? 'end' : m === ticks ? 'start' : 'middle';
       parts.push('<text class="axis" x="' + x + '" y="' + (H - 5) + '" text-anchor="' + anchor + '">' + label + '</text>');
     }
     // Gaps where /metrics could not be read.
@@ -428,7 +434,12 @@
         parts.push('<rect class="gap" x="' + Math.max(padL, x0).toFixed(1) + '" y="' + padT + '" width="' + Math.max(1, x1 - x0).toFixed(1) + '" height="' + plotH + '"/>');
       }
     }
-    spec.series.forEach((s, k) => {
+    // Series that stayed at zero are drawn first and faint, so they never hide the ones that moved.
+    const order = spec.series.map((s, k) => k);
+    const flat = spec.series.map((s, k) => !layers[k].hi.some((v) => v > 0));
+    if (!spec.stacked) order.sort((x, y) => Number(flat[y]) - Number(flat[x]));
+    order.forEach((k) => {
+      const s = spec.series[k];
       const { lo, hi } = layers[k];
       if (spec.stacked) {
         // One polygon per run of consecutive points.
@@ -471,7 +482,7 @@
           d += (pen ? 'L' : 'M') + xOf(samples[i].t).toFixed(1) + ',' + yOf(hi[i]).toFixed(1);
           pen = true;
         }
-        if (d) parts.push('<path class="line" stroke="' + s.color + '"' + (s.dash ? ' stroke-dasharray="' + s.dash + '"' : '') + ' d="' + d + '"/>');
+        if (d) parts.push('<path class="line' + (flat[k] ? ' flat' : '') + '" stroke="' + s.color + '"' + (s.dash ? ' stroke-dasharray="' + s.dash + '"' : '') + ' d="' + d + '"/>');
       }
     });
     parts.push('<line class="cursor" x1="0" x2="0" y1="' + padT + '" y2="' + (padT + plotH) + '" visibility="hidden"/>');
@@ -486,7 +497,7 @@
           .join('')
       : '<span class="muted">no data yet</span>';
     el.innerHTML = '<div class="plot">' + parts.join('') + '<div class="tooltip" hidden></div></div><div class="legend">' + legend + '</div>';
-    el.dataset.geometry = JSON.stringify({ padL, plotW, start, W });
+    el.dataset.geometry = JSON.stringify({ padL, plotW, start, windowMs, W });
     const h = hover.get(el);
     if (h) showCursor(el, h.x);
   }
@@ -509,12 +520,12 @@
     } catch (_) {
       return;
     }
-    const t = g.start + ((x - g.padL) / g.plotW) * WINDOW_MS;
+    const t = g.start + ((x - g.padL) / g.plotW) * g.windowMs;
     let best = 0;
     for (let i = 1; i < samples.length; i++) {
       if (Math.abs(samples[i].t - t) < Math.abs(samples[best].t - t)) best = i;
     }
-    const sx = g.padL + ((samples[best].t - g.start) / WINDOW_MS) * g.plotW;
+    const sx = g.padL + ((samples[best].t - g.start) / g.windowMs) * g.plotW;
     const cursor = svg.querySelector('.cursor');
     if (cursor) {
       cursor.setAttribute('x1', sx.toFixed(1));
@@ -876,7 +887,7 @@
     const routes = entries(lastStatus ? pick(lastStatus, 'routes') : undefined, 'pathPrefix', 'path_prefix');
     const last = samples.length ? samples[samples.length - 1] : null;
     byTestId('routes').innerHTML = routes.length
-      ? '<table><thead><tr><th>Path prefix</th><th>Upstream</th><th class="num">Req/s</th></tr></thead><tbody>' +
+      ? '<table><thead><tr><th>Path prefix</th><th>Upstream</th><th>Limits</th><th class="num">Req/s</th></tr></thead><tbody>' +
         routes.map(([name, r]) => {
           const prefix = pick(r, 'pathPrefix', 'path_prefix') ?? name;
           let rps;
@@ -886,7 +897,9 @@
               if (p[0] === 'req' && (p[1] === prefix || p[1] === pick(r, 'name', 'route'))) rps = (rps || 0) + v;
             }
           }
-          return '<tr data-testid="route-row"><td class="mono">' + esc(prefix) + '</td><td>' + cell(pick(r, 'upstream')) + '</td><td class="num">' + fmtRate(rps) + '</td></tr>';
+          const zonesOf = (v) => (Array.isArray(v) ? v.map((z) => (isObj(z) ? pick(z, 'zone', 'name') : z)).filter((z) => z !== undefined) : []);
+          const limits = zonesOf(pick(r, 'limitReq', 'limit_req')).map((z) => 'req:' + z).concat(zonesOf(pick(r, 'limitConn', 'limit_conn')).map((z) => 'conn:' + z));
+          return '<tr data-testid="route-row"><td class="mono">' + esc(prefix) + '</td><td>' + cell(pick(r, 'upstream')) + '</td><td class="muted small">' + (limits.length ? esc(limits.join(', ')) : '—') + '</td><td class="num">' + fmtRate(rps) + '</td></tr>';
         }).join('') + '</tbody></table>'
       : '<p class="empty">—</p>';
   }
