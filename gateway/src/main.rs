@@ -1,1 +1,62 @@
-fn main() {}
+//! `gateway -c conf/gateway.yaml` runs the proxy; `gateway -t -c FILE` tests a config file.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use gateway::cli::{Cli, LogFormat};
+use gateway::state::State;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let shown = cli.conf.display().to_string();
+    if cli.test {
+        return match gateway::config::load(&cli.conf) {
+            Ok(_) => {
+                println!("configuration file {shown} test is successful");
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for line in errors.lines() {
+                    eprintln!("{line}");
+                }
+                ExitCode::FAILURE
+            }
+        };
+    }
+    init_logging(cli.log_format);
+    let config = match gateway::config::load(&cli.conf) {
+        Ok(c) => c,
+        Err(errors) => {
+            for line in errors.lines() {
+                eprintln!("{line}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = match State::new(config, cli.conf.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match gateway::server::run(state) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

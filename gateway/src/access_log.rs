@@ -1,0 +1,83 @@
+//! One structured access-log line per request (target `access`), written from `logging()`.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// What the limiters did with a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LimiterNote {
+    /// No limit applied, or all passed at once.
+    #[default]
+    Pass,
+    /// Held by `limit_req` for this many milliseconds.
+    Delayed(u64),
+    /// Rejected by this zone (`limit_req` or `limit_conn`).
+    Rejected(String),
+    /// A dry-run zone would have rejected.
+    DryRun(String),
+}
+
+impl fmt::Display for LimiterNote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimiterNote::Pass => f.write_str("pass"),
+            LimiterNote::Delayed(ms) => write!(f, "delayed:{ms}"),
+            LimiterNote::Rejected(zone) => write!(f, "rejected:{zone}"),
+            LimiterNote::DryRun(zone) => write!(f, "dry_run:{zone}"),
+        }
+    }
+}
+
+/// The fields of one access-log line.
+#[derive(Debug)]
+pub struct Entry<'a> {
+    /// `X-Request-Id`.
+    pub request_id: &'a str,
+    /// Client IP (after trusted proxies).
+    pub client_ip: Option<IpAddr>,
+    /// Method.
+    pub method: &'a str,
+    /// Path (without query).
+    pub path: &'a str,
+    /// Route label.
+    pub route: &'a str,
+    /// Upstream server of the last attempt (`host:port`), if any.
+    pub upstream_server: Option<&'a str>,
+    /// Response status (0 when nothing could be sent).
+    pub status: u16,
+    /// Duration in milliseconds.
+    pub duration_ms: f64,
+    /// Limiter decision.
+    pub limiter: &'a LimiterNote,
+    /// Error, if the request failed.
+    pub error: Option<&'a str>,
+}
+
+/// Writes the line.
+pub fn write(e: &Entry<'_>) {
+    tracing::info!(
+        target: "access",
+        request_id = e.request_id,
+        client_ip = %DisplayOpt(e.client_ip.as_ref()),
+        method = e.method,
+        path = e.path,
+        route = e.route,
+        upstream_server = e.upstream_server.unwrap_or("-"),
+        status = e.status,
+        duration_ms = e.duration_ms,
+        limiter = %e.limiter,
+        error = e.error.unwrap_or("-"),
+        "request"
+    );
+}
+
+struct DisplayOpt<'a, T>(Option<&'a T>);
+
+impl<T: fmt::Display> fmt::Display for DisplayOpt<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Whole-request-head deadline (being written).

@@ -1,0 +1,240 @@
+//! Prometheus metrics (SPEC §8). Request-path counters live in a [`prometheus::Registry`] and are
+//! recorded once per request from the proxy's `logging()` hook; the upstream gauges
+//! (`gateway_upstream_inflight`, `gateway_upstream_healthy`, `gateway_upstream_ejections_total`,
+//! `gateway_circuit_state`) are read from the pools' status at scrape time.
+
+use std::fmt::Write as _;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+use crate::upstream::UpstreamsStatus;
+
+/// Every metric the gateway records itself.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `gateway_requests_total{route,status}`.
+    pub requests: IntCounterVec,
+    /// `gateway_request_duration_seconds{route}`.
+    pub duration: HistogramVec,
+    /// `gateway_ratelimit_rejected_total{zone}`.
+    pub ratelimit_rejected: IntCounterVec,
+    /// `gateway_ratelimit_delayed_total{zone}`.
+    pub ratelimit_delayed: IntCounterVec,
+    /// `gateway_ratelimit_dry_run_total{zone}`: dry-run limits that would have rejected.
+    pub ratelimit_dry_run: IntCounterVec,
+    /// `gateway_limit_conn_rejected_total{zone}`.
+    pub limit_conn_rejected: IntCounterVec,
+    /// `gateway_limit_conn_dry_run_total{zone}`: dry-run limits that would have rejected.
+    pub limit_conn_dry_run: IntCounterVec,
+    /// `gateway_bulkhead_rejected_total{upstream}`.
+    pub bulkhead_rejected: IntCounterVec,
+    /// `gateway_circuit_rejected_total{upstream}`: requests refused by an open breaker.
+    pub circuit_rejected: IntCounterVec,
+    /// `gateway_upstream_requests_total{upstream,server,outcome}`: attempts per server.
+    pub upstream_requests: IntCounterVec,
+    /// `gateway_config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a fresh registry.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_request_duration_seconds",
+                "Time from request head to the end of the response, by route",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route"],
+        )
+        .unwrap_or_else(|e| panic!("histogram is malformed: {e}"));
+        registry
+            .register(Box::new(duration.clone()))
+            .unwrap_or_else(|e| panic!("histogram registered twice: {e}"));
+        let config_reloads = counter(
+            &registry,
+            "gateway_config_reloads_total",
+            "SIGHUP reloads by result (ok, error)",
+            &["result"],
+        );
+        // Show both results from the start, so a dashboard sees zeros rather than nothing.
+        config_reloads.with_label_values(&["ok"]);
+        config_reloads.with_label_values(&["error"]);
+        Metrics {
+            requests: counter(
+                &registry,
+                "gateway_requests_total",
+                "Requests by route and response status",
+                &["route", "status"],
+            ),
+            duration,
+            ratelimit_rejected: counter(
+                &registry,
+                "gateway_ratelimit_rejected_total",
+                "Requests rejected by limit_req, by zone",
+                &["zone"],
+            ),
+            ratelimit_delayed: counter(
+                &registry,
+                "gateway_ratelimit_delayed_total",
+                "Requests delayed by limit_req, by zone",
+                &["zone"],
+            ),
+            ratelimit_dry_run: counter(
+                &registry,
+                "gateway_ratelimit_dry_run_total",
+                "Requests a dry-run limit_req would have rejected, by zone",
+                &["zone"],
+            ),
+            limit_conn_rejected: counter(
+                &registry,
+                "gateway_limit_conn_rejected_total",
+                "Requests rejected by limit_conn, by zone",
+                &["zone"],
+            ),
+            limit_conn_dry_run: counter(
+                &registry,
+                "gateway_limit_conn_dry_run_total",
+                "Requests a dry-run limit_conn would have rejected, by zone",
+                &["zone"],
+            ),
+            bulkhead_rejected: counter(
+                &registry,
+                "gateway_bulkhead_rejected_total",
+                "Requests refused by an upstream's bulkhead, by upstream",
+                &["upstream"],
+            ),
+            circuit_rejected: counter(
+                &registry,
+                "gateway_circuit_rejected_total",
+                "Requests refused by an open circuit breaker, by upstream",
+                &["upstream"],
+            ),
+            upstream_requests: counter(
+                &registry,
+                "gateway_upstream_requests_total",
+                "Attempts sent to upstream servers, by outcome (success, failure, neutral)",
+                &["upstream", "server", "outcome"],
+            ),
+            config_reloads,
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition: the registry plus the upstream gauges from `upstreams`.
+    pub fn render(&self, upstreams: &UpstreamsStatus) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        let mut out = String::from_utf8(buf).unwrap_or_default();
+        render_upstreams(&mut out, upstreams);
+        out
+    }
+}
+
+/// Escapes a label value for the text format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn render_upstreams(out: &mut String, st: &UpstreamsStatus) {
+    // Writing into a String cannot fail.
+    let _ = writeln!(
+        out,
+        "# HELP gateway_upstream_inflight Requests holding a bulkhead slot, by upstream"
+    );
+    let _ = writeln!(out, "# TYPE gateway_upstream_inflight gauge");
+    for (name, u) in &st.upstreams {
+        let _ = writeln!(
+            out,
+            "gateway_upstream_inflight{{upstream=\"{}\"}} {}",
+            label(name),
+            u.inflight
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP gateway_circuit_state Circuit breaker state: 0 closed, 1 open, 2 half-open"
+    );
+    let _ = writeln!(out, "# TYPE gateway_circuit_state gauge");
+    for (name, u) in &st.upstreams {
+        let _ = writeln!(
+            out,
+            "gateway_circuit_state{{upstream=\"{}\"}} {}",
+            label(name),
+            u.breaker_gauge
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP gateway_upstream_healthy 1 when the server passes active checks and resolves"
+    );
+    let _ = writeln!(out, "# TYPE gateway_upstream_healthy gauge");
+    for (name, u) in &st.upstreams {
+        for s in &u.servers {
+            let _ = writeln!(
+                out,
+                "gateway_upstream_healthy{{upstream=\"{}\",server=\"{}\"}} {}",
+                label(name),
+                label(&s.server),
+                u8::from(s.healthy)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP gateway_upstream_ejected 1 while the server is passively ejected"
+    );
+    let _ = writeln!(out, "# TYPE gateway_upstream_ejected gauge");
+    for (name, u) in &st.upstreams {
+        for s in &u.servers {
+            let _ = writeln!(
+                out,
+                "gateway_upstream_ejected{{upstream=\"{}\",server=\"{}\"}} {}",
+                label(name),
+                label(&s.server),
+                u8::from(s.ejected)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP gateway_upstream_ejections_total Passive ejections, by server"
+    );
+    let _ = writeln!(out, "# TYPE gateway_upstream_ejections_total counter");
+    for (name, u) in &st.upstreams {
+        for s in &u.servers {
+            let _ = writeln!(
+                out,
+                "gateway_upstream_ejections_total{{upstream=\"{}\",server=\"{}\"}} {}",
+                label(name),
+                label(&s.server),
+                s.ejections_total
+            );
+        }
+    }
+}

@@ -1,0 +1,746 @@
+//! The Pingora [`ProxyHttp`] implementation. Each hook reads top to bottom like the request path
+//! in ARCHITECTURE.md and only calls into the modules that own each concept:
+//!
+//! ```text
+//! request_filter   request id → /health → route → client_ip → body size → limit_req
+//!                  → limit_conn → bulkhead → breaker
+//! upstream_peer    select a server not yet tried → HttpPeer with timeouts capped by the deadline
+//! fail_to_connect  report the failure; retry on another server while `retries` allow
+//! upstream_*       headers upstream; outcome (status → success/failure/neutral) → pool + breaker
+//! fail_to_proxy    502 / 503 / 504 / 413 / 408 as JSON (respond.rs)
+//! logging          metrics + access log, exactly once per request
+//! ```
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::access_log::{self, LimiterNote};
+use crate::admission::{self, ConnOutcome, RateLimitFields, ReqOutcome};
+use crate::client::{self, BodyLimit, DeclaredBody};
+use crate::limit::ConnPermit;
+use crate::respond::{self, Answer};
+use crate::route;
+use crate::state::{Snapshot, State};
+use crate::upstream::{BreakerPermit, BulkheadPermit, Outcome, ServerInflightGuard};
+
+/// The gateway's proxy logic.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    state: Arc<State>,
+}
+
+impl Gateway {
+    /// A proxy serving from `state`.
+    pub fn new(state: Arc<State>) -> Self {
+        Self { state }
+    }
+}
+
+/// Why the gateway ended a request itself after `request_filter`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// No server available (or all tried without a connect error to report).
+    NoHealthy,
+    /// Every allowed attempt failed to connect.
+    Unreachable,
+    /// The route's whole-request deadline passed.
+    Deadline,
+    /// The request body exceeded `max_body_bytes`.
+    BodyTooLarge,
+}
+
+/// The server of the current attempt.
+#[derive(Debug)]
+struct Attempt {
+    index: usize,
+    _guard: ServerInflightGuard,
+    /// The outcome was already reported for this attempt.
+    reported: bool,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    started: Instant,
+    snapshot: Option<Arc<Snapshot>>,
+    route: Option<usize>,
+    route_label: &'static str,
+    request_id: String,
+    peer_ip: Option<IpAddr>,
+    client_ip: Option<IpAddr>,
+    deadline: Option<Instant>,
+    body: BodyLimit,
+    limiter: LimiterNote,
+    delayed_zone: Option<String>,
+    dry_run_req: Vec<String>,
+    dry_run_conn: Vec<String>,
+    rate_limit: Option<RateLimitFields>,
+    rejected_req_zone: Option<String>,
+    rejected_conn_zone: Option<String>,
+    conn_permits: Vec<ConnPermit>,
+    bulkhead: Option<BulkheadPermit>,
+    bulkhead_rejected: bool,
+    breaker: Option<BreakerPermit>,
+    circuit_rejected: bool,
+    tried: Vec<usize>,
+    attempt: Option<Attempt>,
+    server: Option<Arc<str>>,
+    upstream_status: Option<u16>,
+    failure: Option<Failure>,
+    /// Status of an answer the gateway wrote itself.
+    local_status: Option<u16>,
+}
+
+impl RequestCtx {
+    fn route_rt(&self) -> Option<(&Snapshot, usize)> {
+        Some((self.snapshot.as_deref()?, self.route?))
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// Reports the current attempt's outcome to its server (once).
+    fn report_attempt(&mut self, state: &State, outcome: Outcome) {
+        let Some((snap, r)) = self.route_rt() else {
+            return;
+        };
+        let pool = Arc::clone(&snap.routes[r].pool);
+        let upstream = snap.config.routes[r].upstream.clone();
+        let Some(attempt) = self.attempt.as_mut() else {
+            return;
+        };
+        if attempt.reported {
+            return;
+        }
+        attempt.reported = true;
+        pool.report(attempt.index, outcome);
+        let server = self.server.as_deref().unwrap_or("-");
+        state
+            .metrics
+            .upstream_requests
+            .with_label_values(&[upstream.as_str(), server, outcome_label(outcome)])
+            .inc();
+    }
+
+    /// Settles the breaker permit (once) with the request's final outcome.
+    fn settle_breaker(&mut self, outcome: Outcome) {
+        if let Some(permit) = self.breaker.take() {
+            outcome.settle(permit);
+        }
+    }
+}
+
+fn outcome_label(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "success",
+        Outcome::Failure => "failure",
+        Outcome::Neutral => "neutral",
+    }
+}
+
+/// A client-supplied `X-Request-Id` is kept when it is short and printable.
+fn request_id(req: &RequestHeader) -> String {
+    if let Some(v) = req.headers.get("x-request-id") {
+        if let Ok(s) = v.to_str() {
+            if !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_graphic()) {
+                return s.to_string();
+            }
+        }
+    }
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn is_connect_error(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectNoRoute
+            | ErrorType::ConnectError
+            | ErrorType::SocketError
+            | ErrorType::BindError
+    )
+}
+
+fn is_timeout(e: &Error) -> bool {
+    matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    )
+}
+
+/// The answer for a request that failed after `request_filter`.
+fn failure_answer(failure: Option<Failure>, e: &Error) -> Option<Answer> {
+    Some(match failure {
+        Some(Failure::BodyTooLarge) => Answer::error(
+            413,
+            "payload_too_large",
+            "request body exceeds max_body_bytes",
+        )
+        .closing(),
+        Some(Failure::NoHealthy) => Answer::error(
+            503,
+            "no_healthy_upstream",
+            "no upstream server is available",
+        )
+        .header("retry-after", "1"),
+        Some(Failure::Deadline) => {
+            Answer::error(504, "upstream_timeout", "the route's deadline passed")
+        }
+        Some(Failure::Unreachable) => Answer::error(
+            502,
+            "upstream_unreachable",
+            "could not connect to an upstream server",
+        ),
+        None => match e.esource() {
+            ErrorSource::Upstream if is_connect_error(e) => Answer::error(
+                502,
+                "upstream_unreachable",
+                "could not connect to an upstream server",
+            ),
+            ErrorSource::Upstream if is_timeout(e) => Answer::error(
+                504,
+                "upstream_timeout",
+                "the upstream server did not answer in time",
+            ),
+            ErrorSource::Upstream => Answer::error(
+                502,
+                "upstream_error",
+                "the upstream server sent an invalid response",
+            ),
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::ReadTimedout => Answer::error(
+                    408,
+                    "request_timeout",
+                    "the request was not received in time",
+                )
+                .closing(),
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
+                    return None
+                }
+                _ => Answer::error(400, "bad_request", "the request could not be read").closing(),
+            },
+            _ => match e.etype() {
+                ErrorType::HTTPStatus(code) if (400..600).contains(code) => {
+                    Answer::error(*code, "request_failed", "the request failed")
+                }
+                _ => Answer::error(
+                    500,
+                    "internal_error",
+                    "the gateway failed to handle the request",
+                ),
+            },
+        },
+    })
+}
+
+/// Whether `e` says something about the upstream server's health.
+fn error_outcome(failure: Option<Failure>, e: &Error) -> Outcome {
+    match failure {
+        Some(Failure::Deadline) => Outcome::Failure,
+        Some(_) => Outcome::Neutral,
+        None if *e.esource() == ErrorSource::Upstream => Outcome::Failure,
+        None => Outcome::Neutral,
+    }
+}
+
+impl Gateway {
+    /// Writes a local answer and remembers its status.
+    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, answer: Answer) {
+        ctx.local_status = Some(answer.status);
+        if let Err(e) = respond::send(session, &answer, &ctx.request_id).await {
+            tracing::debug!(error = %e, "writing a local answer failed");
+        }
+    }
+
+    fn rejection(
+        status: u16,
+        zone: &str,
+        retry_after: u64,
+        fields: Option<&RateLimitFields>,
+    ) -> Answer {
+        let mut a = Answer::error(status, "rate_limited", "too many requests")
+            .field("zone", zone)
+            .header("retry-after", retry_after.to_string());
+        if let Some(f) = fields {
+            a = a
+                .header("ratelimit-policy", f.policy.clone())
+                .header("ratelimit", f.state.clone());
+        }
+        a
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx {
+            started: Instant::now(),
+            snapshot: None,
+            route: None,
+            route_label: "none",
+            request_id: String::new(),
+            peer_ip: None,
+            client_ip: None,
+            deadline: None,
+            body: BodyLimit::new(u64::MAX),
+            limiter: LimiterNote::Pass,
+            delayed_zone: None,
+            dry_run_req: Vec::new(),
+            dry_run_conn: Vec::new(),
+            rate_limit: None,
+            rejected_req_zone: None,
+            rejected_conn_zone: None,
+            conn_permits: Vec::new(),
+            bulkhead: None,
+            bulkhead_rejected: false,
+            breaker: None,
+            circuit_rejected: false,
+            tried: Vec::new(),
+            attempt: None,
+            server: None,
+            upstream_status: None,
+            failure: None,
+            local_status: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
+        // The time spent reading the head is not the route's; start the clock here.
+        ctx.started = Instant::now();
+        ctx.request_id = request_id(session.req_header());
+        let snap = self.state.snapshot();
+        ctx.snapshot = Some(Arc::clone(&snap));
+        let cfg = &snap.config;
+
+        // The gateway's own health endpoint.
+        let path = session.req_header().uri.path();
+        let method = &session.req_header().method;
+        if path == "/health" && (method == http::Method::GET || method == http::Method::HEAD) {
+            ctx.route_label = "health";
+            self.answer(session, ctx, Answer::health()).await;
+            return Ok(true);
+        }
+
+        // Route: longest prefix.
+        let Some(r) = route::find(&cfg.routes, path) else {
+            self.answer(session, ctx, Answer::no_route()).await;
+            return Ok(true);
+        };
+        ctx.route = Some(r);
+        ctx.route_label = "route";
+        let route = &cfg.routes[r];
+        let rt = &snap.routes[r];
+        ctx.deadline = Some(ctx.started + route.timeout);
+
+        // Who the client is.
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());
+        ctx.peer_ip = Some(peer);
+        let client_ip = client::client_ip(
+            peer,
+            &session.req_header().headers,
+            &cfg.client.trusted_proxies,
+        );
+        ctx.client_ip = Some(client_ip);
+
+        // Body size announced in the head.
+        ctx.body = BodyLimit::new(cfg.client.max_body_bytes);
+        if let DeclaredBody::TooLarge(_) = ctx.body.declared(&session.req_header().headers) {
+            ctx.failure = Some(Failure::BodyTooLarge);
+            let a = Answer::error(
+                413,
+                "payload_too_large",
+                "request body exceeds max_body_bytes",
+            )
+            .closing();
+            self.answer(session, ctx, a).await;
+            return Ok(true);
+        }
+
+        // limit_req: all zones checked, committed only if all pass.
+        let decision = admission::limit_req(
+            route,
+            rt,
+            client_ip,
+            &session.req_header().headers,
+            Instant::now(),
+        );
+        match decision {
+            ReqOutcome::Reject {
+                zone,
+                retry_after_secs,
+                fields,
+            } => {
+                let a =
+                    Self::rejection(cfg.limit_req_status, &zone, retry_after_secs, Some(&fields));
+                ctx.limiter = LimiterNote::Rejected(zone.clone());
+                ctx.rejected_req_zone = Some(zone);
+                self.answer(session, ctx, a).await;
+                return Ok(true);
+            }
+            ReqOutcome::Pass {
+                delay,
+                delayed_zone,
+                dry_run_rejected,
+                fields,
+            } => {
+                if let Some(z) = dry_run_rejected.first() {
+                    ctx.limiter = LimiterNote::DryRun(z.clone());
+                }
+                ctx.dry_run_req = dry_run_rejected;
+                ctx.rate_limit = fields;
+                if !delay.is_zero() {
+                    ctx.limiter = LimiterNote::Delayed(delay.as_millis() as u64);
+                    ctx.delayed_zone = delayed_zone;
+                    tokio::time::sleep(delay.min(ctx.remaining())).await;
+                }
+            }
+        }
+
+        // limit_conn: the permits live in the context until the request ends.
+        match admission::limit_conn(route, rt, client_ip, &session.req_header().headers) {
+            ConnOutcome::Reject { zone } => {
+                let a = Self::rejection(cfg.limit_conn_status, &zone, 1, None);
+                ctx.limiter = LimiterNote::Rejected(zone.clone());
+                ctx.rejected_conn_zone = Some(zone);
+                self.answer(session, ctx, a).await;
+                return Ok(true);
+            }
+            ConnOutcome::Pass {
+                permits,
+                dry_run_rejected,
+            } => {
+                ctx.conn_permits = permits;
+                if let (LimiterNote::Pass, Some(z)) = (&ctx.limiter, dry_run_rejected.first()) {
+                    ctx.limiter = LimiterNote::DryRun(z.clone());
+                }
+                ctx.dry_run_conn = dry_run_rejected;
+            }
+        }
+
+        // Bulkhead: a slot for the whole request (overflow is never an upstream failure).
+        let pool = Arc::clone(&rt.pool);
+        let slot = tokio::time::timeout(ctx.remaining(), pool.acquire_slot()).await;
+        match slot {
+            Ok(Ok(permit)) => ctx.bulkhead = Some(permit),
+            Ok(Err(_)) | Err(_) => {
+                ctx.bulkhead_rejected = true;
+                let a = Answer::error(503, "upstream_overloaded", "the upstream is at capacity")
+                    .field("upstream", route.upstream.as_str())
+                    .header("retry-after", "1");
+                self.answer(session, ctx, a).await;
+                return Ok(true);
+            }
+        }
+
+        // Circuit breaker.
+        match pool.breaker() {
+            Ok(permit) => ctx.breaker = Some(permit),
+            Err(open) => {
+                ctx.circuit_rejected = true;
+                let secs = open.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let a = Answer::error(
+                    503,
+                    "circuit_open",
+                    "the upstream's circuit breaker is open",
+                )
+                .field("upstream", route.upstream.as_str())
+                .header("retry-after", secs.to_string());
+                self.answer(session, ctx, a).await;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(chunk) = body {
+            if !ctx.body.add(chunk.len()) {
+                ctx.failure = Some(Failure::BodyTooLarge);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body exceeds max_body_bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
+        let Some((snap, r)) = ctx.route_rt() else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no route in context",
+            ));
+        };
+        let pool = Arc::clone(&snap.routes[r].pool);
+        let remaining = ctx.remaining();
+        if remaining.is_zero() {
+            ctx.failure = Some(Failure::Deadline);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(504),
+                "route deadline passed",
+            ));
+        }
+        let selected = match pool.select(&ctx.tried) {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.failure = Some(if e.all_tried() {
+                    Failure::Unreachable
+                } else {
+                    Failure::NoHealthy
+                });
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(503),
+                    "no upstream server available",
+                ));
+            }
+        };
+        ctx.tried.push(selected.index);
+        ctx.server = Some(Arc::clone(&selected.server));
+        ctx.attempt = Some(Attempt {
+            index: selected.index,
+            _guard: pool.server_guard(selected.index),
+            reported: false,
+        });
+        let up = pool.config();
+        let mut peer = HttpPeer::new(selected.addr, false, String::new());
+        let opts = &mut peer.options;
+        opts.connection_timeout = Some(up.connect_timeout.min(remaining));
+        opts.total_connection_timeout = Some(up.connect_timeout.min(remaining));
+        opts.read_timeout = Some(up.read_timeout.min(remaining));
+        opts.write_timeout = Some(up.write_timeout.min(remaining));
+        opts.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Self::CTX,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent: safe to try another server while `retries` allow.
+        ctx.report_attempt(&self.state, Outcome::Failure);
+        ctx.attempt = None;
+        let retries = ctx
+            .route_rt()
+            .map_or(0, |(snap, r)| snap.routes[r].pool.config().retries as usize);
+        let may_retry = ctx.tried.len() <= retries && !ctx.remaining().is_zero();
+        e.set_retry(may_retry);
+        if !may_retry {
+            ctx.failure = Some(Failure::Unreachable);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let peer = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let mut xff = String::new();
+        for v in session.req_header().headers.get_all("x-forwarded-for") {
+            if let Ok(s) = v.to_str() {
+                if !xff.is_empty() {
+                    xff.push_str(", ");
+                }
+                xff.push_str(s.trim());
+            }
+        }
+        if !xff.is_empty() {
+            xff.push_str(", ");
+        }
+        xff.push_str(&peer);
+        upstream_request.insert_header("x-forwarded-for", xff)?;
+        if let Some(ip) = ctx.client_ip {
+            upstream_request.insert_header("x-real-ip", ip.to_string())?;
+        }
+        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if status < 200 {
+            return Ok(());
+        }
+        ctx.upstream_status = Some(status);
+        let outcome = match ctx.route_rt() {
+            Some((snap, r)) => snap.routes[r].pool.outcome_for_status(status),
+            None => Outcome::Neutral,
+        };
+        ctx.report_attempt(&self.state, outcome);
+        ctx.settle_breaker(outcome);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(f) = &ctx.rate_limit {
+            if !upstream_response.headers.contains_key("ratelimit") {
+                upstream_response.insert_header("ratelimit-policy", f.policy.as_str())?;
+                upstream_response.insert_header("ratelimit", f.state.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> Result<Option<Duration>> {
+        // The whole-request deadline also bounds a slowly streamed response.
+        if ctx.deadline.is_some_and(|d| Instant::now() > d) {
+            ctx.failure = Some(Failure::Deadline);
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "route deadline passed",
+            ));
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let outcome = error_outcome(ctx.failure, e);
+        ctx.report_attempt(&self.state, outcome);
+        ctx.settle_breaker(outcome);
+        if let Some(resp) = session.response_written() {
+            // Headers already went out: the only honest thing left is to close.
+            return FailToProxy {
+                error_code: resp.status.as_u16(),
+                can_reuse_downstream: false,
+            };
+        }
+        match failure_answer(ctx.failure, e) {
+            Some(answer) => {
+                let close = answer.close;
+                let code = answer.status;
+                self.answer(session, ctx, answer).await;
+                FailToProxy {
+                    error_code: code,
+                    can_reuse_downstream: !close,
+                }
+            }
+            None => FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            },
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        // Settle whatever is still open (client gone, deadline inside the body...).
+        if let Some(err) = e {
+            let outcome = error_outcome(ctx.failure, err);
+            ctx.report_attempt(&self.state, outcome);
+            ctx.settle_breaker(outcome);
+        } else {
+            ctx.settle_breaker(Outcome::Neutral);
+        }
+
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.local_status)
+            .unwrap_or(0);
+        let snap = ctx.snapshot.clone();
+        let route_label: &str = match (ctx.route, snap.as_deref()) {
+            (Some(r), Some(s)) => s.config.routes[r].path_prefix.as_str(),
+            _ => ctx.route_label,
+        };
+        let m = &self.state.metrics;
+        let status_label = status.to_string();
+        m.requests
+            .with_label_values(&[route_label, status_label.as_str()])
+            .inc();
+        m.duration
+            .with_label_values(&[route_label])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(z) = &ctx.rejected_req_zone {
+            m.ratelimit_rejected.with_label_values(&[z]).inc();
+        }
+        if let Some(z) = &ctx.delayed_zone {
+            m.ratelimit_delayed.with_label_values(&[z]).inc();
+        }
+        for z in &ctx.dry_run_req {
+            m.ratelimit_dry_run.with_label_values(&[z]).inc();
+        }
+        if let Some(z) = &ctx.rejected_conn_zone {
+            m.limit_conn_rejected.with_label_values(&[z]).inc();
+        }
+        for z in &ctx.dry_run_conn {
+            m.limit_conn_dry_run.with_label_values(&[z]).inc();
+        }
+        if let (Some(r), Some(s)) = (ctx.route, snap.as_deref()) {
+            let upstream = s.config.routes[r].upstream.as_str();
+            if ctx.bulkhead_rejected {
+                m.bulkhead_rejected.with_label_values(&[upstream]).inc();
+            }
+            if ctx.circuit_rejected {
+                m.circuit_rejected.with_label_values(&[upstream]).inc();
+            }
+        }
+
+        let req = session.req_header();
+        let err_text = e.map(|e| e.to_string());
+        access_log::write(&access_log::Entry {
+            request_id: &ctx.request_id,
+            client_ip: ctx.client_ip.or(ctx.peer_ip),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            route: route_label,
+            upstream_server: ctx.server.as_deref(),
+            status,
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            limiter: &ctx.limiter,
+            error: err_text.as_deref(),
+        });
+    }
+}

@@ -1,0 +1,108 @@
+//! Assembles the Pingora server: the proxy service on `listen`, the admin listener, the upstream
+//! background checks, and the signal handling (SIGHUP reload, quick SIGTERM).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+
+use crate::admin::AdminService;
+use crate::proxy::Gateway;
+use crate::reload::Signals;
+use crate::state::State;
+use crate::upstream::Upstreams;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The admin port could not be bound.
+    #[error("cannot bind admin_listen {addr}: {source}")]
+    AdminBind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The proxy port could not be bound.
+    #[error("cannot bind listen {addr}: {source}")]
+    ListenBind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// Pingora's server settings from the config. `max_retries` only caps the proxy loop; the
+/// per-upstream `retries` decide (at most 10 retries, so 11 attempts).
+pub fn server_conf(state: &State) -> ServerConf {
+    let snap = state.snapshot();
+    let s = &snap.config.server;
+    ServerConf {
+        threads: s.threads,
+        grace_period_seconds: Some(s.grace_period_seconds),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        max_retries: 11,
+        ..ServerConf::default()
+    }
+}
+
+/// Runs the upstream pools' active health checks until shutdown.
+struct HealthChecks(Arc<Upstreams>);
+
+#[async_trait]
+impl BackgroundService for HealthChecks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = Arc::clone(&self.0).run_background() => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Builds and runs the server until a shutdown signal; returns when it has stopped.
+pub fn run(state: Arc<State>) -> Result<(), StartError> {
+    let snap = state.snapshot();
+    let listen = snap.config.listen;
+    let admin_addr = snap.config.admin_listen;
+    drop(snap);
+
+    // Bind-check the proxy port now, so a busy port is a clean start-up error.
+    std::net::TcpListener::bind(listen).map_err(|source| StartError::ListenBind {
+        addr: listen,
+        source,
+    })?;
+    let admin_listener =
+        std::net::TcpListener::bind(admin_addr).map_err(|source| StartError::AdminBind {
+            addr: admin_addr,
+            source,
+        })?;
+
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(&state));
+    server.bootstrap();
+
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, Gateway::new(Arc::clone(&state)));
+    proxy.add_tcp(&listen.to_string());
+    server.add_service(proxy);
+
+    let mut admin = background_service(
+        "admin",
+        AdminService::new(Arc::clone(&state), admin_listener),
+    );
+    admin.threads = Some(1);
+    server.add_service(admin);
+
+    let mut health =
+        background_service("health checks", HealthChecks(Arc::clone(&state.upstreams)));
+    health.threads = Some(1);
+    server.add_service(health);
+
+    tracing::info!(%listen, admin = %admin_addr, "gateway starting");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals::new(state)),
+    });
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! The running gateway: the current configuration generation ([`Snapshot`], swapped atomically
+//! on reload) and the registries that live as long as the process (limit zones, upstream pools,
+//! metrics), whose state survives reloads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::config::model::GatewayConfig;
+use crate::limit::{ConnZone, ReqZone, Zones};
+use crate::metrics::Metrics;
+use crate::upstream::{UpstreamPool, Upstreams};
+
+/// One configuration generation, with every name a request needs already looked up.
+/// A request takes an `Arc` of it at its start and finishes on it, whatever reloads happen.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The validated configuration.
+    pub config: Arc<GatewayConfig>,
+    /// Per route, in `config.routes` order.
+    pub routes: Vec<RouteRuntime>,
+}
+
+/// A route's live objects.
+#[derive(Debug)]
+pub struct RouteRuntime {
+    /// The route's `limit_req` zones, in rule order (same length as `route.limit_req`).
+    pub req_zones: Vec<Arc<ReqZone>>,
+    /// The route's `limit_conn` zones, in rule order (same length as `route.limit_conn`).
+    pub conn_zones: Vec<Arc<ConnZone>>,
+    /// The route's upstream pool.
+    pub pool: Arc<UpstreamPool>,
+}
+
+/// The outcome of the last SIGHUP reload, for `/status`.
+#[derive(Debug, Clone, Default)]
+pub struct LastReload {
+    /// `None` before the first reload; `Some(true)` when it was applied.
+    pub ok: Option<bool>,
+    /// When it happened.
+    pub at: Option<SystemTime>,
+    /// Every problem of a rejected file, one per line.
+    pub error: Option<String>,
+}
+
+/// Why a snapshot could not be built (a validated config always builds; this guards the
+/// contract between the config and the registries).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SnapshotError(String);
+
+/// Process-wide gateway state.
+#[derive(Debug)]
+pub struct State {
+    /// The configuration file (re-read on SIGHUP).
+    pub config_path: PathBuf,
+    /// The current generation.
+    pub current: ArcSwap<Snapshot>,
+    /// `limit_req` / `limit_conn` zones (per-key state kept across reloads).
+    pub zones: Zones,
+    /// Upstream pools (health, ejection, breaker kept across reloads).
+    pub upstreams: Arc<Upstreams>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// The last reload's outcome.
+    pub last_reload: Mutex<LastReload>,
+}
+
+impl State {
+    /// Builds the registries for `config` and the first snapshot.
+    pub fn new(config: GatewayConfig, config_path: PathBuf) -> Result<Arc<Self>, SnapshotError> {
+        let zones = Zones::new();
+        let upstreams = Upstreams::new();
+        let metrics = Metrics::new();
+        zones.apply(&config);
+        upstreams.apply(&config);
+        let snapshot = build_snapshot(Arc::new(config), &zones, &upstreams)?;
+        prime_metrics(&metrics, &snapshot.config);
+        Ok(Arc::new(State {
+            config_path,
+            current: ArcSwap::from_pointee(snapshot),
+            zones,
+            upstreams,
+            metrics,
+            last_reload: Mutex::new(LastReload::default()),
+        }))
+    }
+
+    /// The current generation.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Applies a new validated configuration: zones and pools first (keeping the state of those
+    /// that remain), then the new snapshot is swapped in atomically.
+    pub fn install(&self, config: GatewayConfig) -> Result<(), SnapshotError> {
+        self.zones.apply(&config);
+        self.upstreams.apply(&config);
+        let snapshot = build_snapshot(Arc::new(config), &self.zones, &self.upstreams)?;
+        prime_metrics(&self.metrics, &snapshot.config);
+        self.current.store(Arc::new(snapshot));
+        Ok(())
+    }
+}
+
+fn build_snapshot(
+    config: Arc<GatewayConfig>,
+    zones: &Zones,
+    upstreams: &Upstreams,
+) -> Result<Snapshot, SnapshotError> {
+    let mut routes = Vec::with_capacity(config.routes.len());
+    for route in &config.routes {
+        let req_zones = route
+            .limit_req
+            .iter()
+            .map(|r| {
+                zones
+                    .req_zone(&r.zone)
+                    .ok_or_else(|| SnapshotError(format!("limit_req zone {:?} missing", r.zone)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let conn_zones = route
+            .limit_conn
+            .iter()
+            .map(|r| {
+                zones
+                    .conn_zone(&r.zone)
+                    .ok_or_else(|| SnapshotError(format!("limit_conn zone {:?} missing", r.zone)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pool = upstreams
+            .pool(&route.upstream)
+            .ok_or_else(|| SnapshotError(format!("upstream {:?} missing", route.upstream)))?;
+        routes.push(RouteRuntime {
+            req_zones,
+            conn_zones,
+            pool,
+        });
+    }
+    Ok(Snapshot { config, routes })
+}
+
+/// Creates the labelled series of every zone and upstream at zero, so `/metrics` lists them
+/// before the first event.
+fn prime_metrics(m: &Metrics, cfg: &GatewayConfig) {
+    for zone in cfg.limit_req_zones.keys() {
+        m.ratelimit_rejected.with_label_values(&[zone]);
+        m.ratelimit_delayed.with_label_values(&[zone]);
+    }
+    for zone in cfg.limit_conn_zones.keys() {
+        m.limit_conn_rejected.with_label_values(&[zone]);
+    }
+    for name in cfg.upstreams.keys() {
+        m.bulkhead_rejected.with_label_values(&[name]);
+    }
+}
