@@ -195,6 +195,56 @@ enum SetupError {
     Http(#[from] reqwest::Error),
 }
 
+/// Longest message sent (notifications accepts 4096 bytes).
+const MAX_MESSAGE_BYTES: usize = 4000;
+
+/// The human text of a notification. A JSON object payload (what the reservation scripts write:
+/// `{kind, reservationId, eventId, seats, quantity, amount, paymentId, ...}`) is rendered as a
+/// sentence; any other payload is sent as it is; no payload gives a generic sentence.
+fn render_message(
+    reservation_id: &str,
+    event_id: &str,
+    kind: &str,
+    payload: Option<&str>,
+) -> String {
+    let parsed = payload.and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok());
+    let mut text = match (payload, parsed) {
+        (_, Some(serde_json::Value::Object(o))) => {
+            let what = match kind {
+                "reservation_confirmed" => "is confirmed",
+                "reservation_cancelled" => "was cancelled and refunded",
+                _ => "was updated",
+            };
+            let mut s = format!("Your reservation {reservation_id} for event {event_id} {what}");
+            let seats: Vec<&str> = o
+                .get("seats")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            if !seats.is_empty() {
+                s.push_str(&format!(" (seats {})", seats.join(", ")));
+            } else if let Some(q) = o.get("quantity").and_then(|v| v.as_u64()) {
+                s.push_str(&format!(" ({q} tickets)"));
+            }
+            if let Some(a) = o.get("amount").and_then(|v| v.as_f64()) {
+                s.push_str(&format!(", amount {a:.2}"));
+            }
+            s.push('.');
+            s
+        }
+        (Some(p), _) => p.to_owned(),
+        (None, _) => format!("Reservation {reservation_id} for event {event_id}: {kind}"),
+    };
+    if text.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
 /// Answers meaning "this message itself is invalid": retrying cannot help. Anything else that is
 /// not 2xx (5xx, 404 from a misrouted URL, 429, ...) may heal and is retried.
 fn is_rejection(status: reqwest::StatusCode) -> bool {
@@ -216,16 +266,14 @@ impl Message {
         let field = |k: &str| e.get::<String>(k).filter(|s| !s.is_empty());
         let reservation_id = field("reservationId");
         let kind = field("kind").unwrap_or_else(|| DEFAULT_KIND.to_owned());
-        let message = field("payload")
-            .or_else(|| field("message"))
-            .unwrap_or_else(|| {
-                format!(
-                    "Reservation {} for event {}: {}",
-                    reservation_id.as_deref().unwrap_or("?"),
-                    field("eventId").as_deref().unwrap_or("?"),
-                    kind
-                )
-            });
+        let event_id = field("eventId").unwrap_or_else(|| "?".to_owned());
+        let text = field("payload").or_else(|| field("message"));
+        let message = render_message(
+            reservation_id.as_deref().unwrap_or("?"),
+            &event_id,
+            &kind,
+            text.as_deref(),
+        );
         Self {
             entry_id: e.id.clone(),
             reservation_id,
@@ -619,6 +667,24 @@ mod tests {
         let m = Message::from_entry(&entry("5-0", &[("reservationId", "R2")]));
         assert_eq!(m.kind, DEFAULT_KIND);
         assert!(m.message.contains("R2"));
+        let m = Message::from_entry(&entry(
+            "6-0",
+            &[
+                ("reservationId", "R3"),
+                ("eventId", "EVT-001"),
+                ("kind", "reservation_confirmed"),
+                (
+                    "payload",
+                    r#"{"kind":"reservation_confirmed","seats":["A1","A2"],"amount":100.0}"#,
+                ),
+            ],
+        ));
+        assert_eq!(
+            m.message,
+            "Your reservation R3 for event EVT-001 is confirmed (seats A1, A2), amount 100.00."
+        );
+        let long = "é".repeat(3_000);
+        assert!(render_message("R", "E", "k", Some(&long)).len() <= MAX_MESSAGE_BYTES);
         assert!(Message::from_entry(&entry("5-0", &[]))
             .reservation_id
             .is_none());
