@@ -97,6 +97,38 @@ async fn killed_server_is_down_within_a_second_and_back_after_rise() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_hint_finds_a_killed_server_sooner() {
+    let mut a = TestServer::start();
+    let b = TestServer::start();
+    let (u, bg) = start(&config(&[a.addr(), b.addr()], 2, 2));
+    wait_checked_ok(&u, 2).await;
+    let pool = u.pool("p").unwrap();
+    // Kill right after a check, so that without the hint the next one is ~500 ms away.
+    let hits = a.health_hits();
+    wait_for(Duration::from_secs(2), || {
+        (a.health_hits() > hits).then_some(())
+    })
+    .await
+    .expect("a check");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    a.kill().await;
+    // What the proxy does on each connect failure.
+    pool.recheck_soon(0);
+    let (_, took) = wait_for(Duration::from_secs(3), || {
+        pool.recheck_soon(0);
+        (!server(&u, 0).healthy).then_some(())
+    })
+    .await
+    .expect("down");
+    println!("killed server with connect-failure hints down after {took:?}");
+    // ≈ 230 ms (two checks a fast interval apart, the first a fast interval after the last
+    // good one) instead of ≈ 625 ms without hints.
+    assert!(took < Duration::from_millis(450), "{took:?}");
+    assert!(server(&u, 1).healthy);
+    bg.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_answering_500_on_health_goes_down_and_recovers() {
     let a = TestServer::start();
     let b = TestServer::start();

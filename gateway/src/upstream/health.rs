@@ -12,6 +12,9 @@
 //!   the next check comes after `interval / 4` (at least 20 ms) instead of `interval`. A killed
 //!   server is then down within `interval + (fall − 1) × interval / 4` (625 ms with the SPEC's
 //!   500 ms × 2), inside the SPEC's "stops receiving traffic within 1 s".
+//! - The proxy may call `UpstreamPool::recheck_soon` on a connect failure: the server's next
+//!   check is brought forward (never closer than the fast interval to the previous one), so a
+//!   killed server that still gets traffic is down after `fall` quick checks (~125 ms).
 //! - The name is resolved again before every check, so a server whose name vanishes (a stopped
 //!   compose container) loses its address at once and is no longer selected.
 
@@ -83,6 +86,8 @@ pub(crate) struct HealthProgress {
     successes: u32,
     failures: u32,
     next_due: Instant,
+    /// When the last check started (`None` before the first).
+    last_started: Option<Instant>,
     running: bool,
     pub(crate) last: Option<LastCheck>,
 }
@@ -94,6 +99,7 @@ impl HealthProgress {
             successes: 0,
             failures: 0,
             next_due: now,
+            last_started: None,
             running: false,
             last: None,
         }
@@ -115,6 +121,7 @@ pub(crate) async fn run(upstreams: Arc<Upstreams>) {
                 }
                 if progress.next_due <= now {
                     progress.running = true;
+                    progress.last_started = Some(now);
                     drop(progress);
                     let task = check_server(
                         Arc::clone(&upstreams),
@@ -220,7 +227,7 @@ pub(crate) fn record(
         }
     }
     let delay = if !ok && healthy_now {
-        (hc.interval / 4).max(MIN_FAST_INTERVAL).min(hc.interval)
+        fast_interval(hc)
     } else {
         hc.interval
     };
@@ -231,6 +238,24 @@ pub(crate) fn record(
         detail,
         duration_ms: millis(started.elapsed()),
     });
+}
+
+/// The fast re-check interval: `interval / 4`, at least 20 ms, at most `interval`.
+pub(crate) fn fast_interval(hc: &HealthCheck) -> Duration {
+    (hc.interval / 4).max(MIN_FAST_INTERVAL).min(hc.interval)
+}
+
+impl HealthProgress {
+    /// Brings the next check forward to `now`, but no earlier than `min_gap` after the last
+    /// check started. Returns whether anything changed (and the scheduler should wake).
+    pub(crate) fn expedite(&mut self, now: Instant, min_gap: Duration) -> bool {
+        let earliest = self.last_started.map_or(now, |s| (s + min_gap).max(now));
+        if self.running || self.next_due <= earliest {
+            return false;
+        }
+        self.next_due = earliest;
+        true
+    }
 }
 
 fn millis(d: Duration) -> u64 {
@@ -342,6 +367,34 @@ mod tests {
         let last = server.health.lock().last.clone().unwrap();
         assert!(last.ok);
         assert_eq!(last.detail, "HTTP 204");
+    }
+
+    #[test]
+    fn expedite_respects_gap_and_running() {
+        let t = Instant::now();
+        let gap = Duration::from_millis(125);
+        let mut p = HealthProgress::new(t);
+        p.next_due = t + Duration::from_millis(500);
+        p.last_started = Some(t);
+        assert!(p.expedite(t + Duration::from_millis(10), gap));
+        assert_eq!(
+            p.next_due,
+            t + gap,
+            "not closer than the gap to the last check"
+        );
+        assert!(
+            !p.expedite(t + Duration::from_millis(20), gap),
+            "already that soon"
+        );
+        p.next_due = t + Duration::from_millis(500);
+        assert!(p.expedite(t + Duration::from_millis(300), gap));
+        assert_eq!(p.next_due, t + Duration::from_millis(300));
+        p.next_due = t + Duration::from_millis(900);
+        p.running = true;
+        assert!(
+            !p.expedite(t + Duration::from_millis(400), gap),
+            "a check is running"
+        );
     }
 
     #[tokio::test]

@@ -9,7 +9,8 @@
 //! pool.breaker()             → Err(BreakerOpen)        503 circuit_open + Retry-After
 //! pool.select(&tried)        → Err(NoHealthyUpstream)  503 no_healthy_upstream
 //! pool.server_guard(index)     in-flight count of the chosen server, kept in CTX
-//! ... proxy to `addr` ...      connect failure → push index to `tried`, select again
+//! ... proxy to `addr` ...      connect failure → pool.recheck_soon(index), push index to
+//!                              `tried`, select again
 //! pool.report(index, outcome); outcome.settle(breaker_permit)
 //! ```
 //!
@@ -54,7 +55,7 @@ pub struct Upstreams {
     /// Serialises `apply` calls.
     apply_lock: Mutex<()>,
     /// Wakes the background checker (reloads, finished checks).
-    changed: Notify,
+    changed: Arc<Notify>,
 }
 
 impl Upstreams {
@@ -63,7 +64,7 @@ impl Upstreams {
         Arc::new(Self {
             pools: ArcSwap::from_pointee(HashMap::new()),
             apply_lock: Mutex::new(()),
-            changed: Notify::new(),
+            changed: Arc::new(Notify::new()),
         })
     }
 
@@ -82,7 +83,11 @@ impl Upstreams {
             .upstreams
             .iter()
             .map(|(name, upstream)| {
-                let pool = UpstreamPool::build(upstream, old.get(name).map(|p| &**p));
+                let pool = UpstreamPool::build(
+                    upstream,
+                    old.get(name).map(|p| &**p),
+                    Arc::clone(&self.changed),
+                );
                 (name.clone(), pool)
             })
             .collect();

@@ -14,11 +14,13 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use resilience::{BreakerOpen, BreakerPermit, Bulkhead, BulkheadPermit, CircuitBreaker};
+use tokio::sync::Notify;
 
 use crate::config::model::{ServerSpec, Upstream};
 
 use super::breaker::{breaker_config, Outcome};
 use super::bulkhead::{bulkhead_config, Overloaded};
+use super::health;
 use super::outlier::max_ejectable;
 use super::resolve;
 use super::select::{pick, NoHealthyUpstream, Selected};
@@ -45,6 +47,8 @@ pub struct UpstreamPool {
     breaker: Arc<CircuitBreaker>,
     bulkhead: Arc<Bulkhead>,
     shared: Arc<PoolShared>,
+    /// Wakes the background checker (see [`UpstreamPool::recheck_soon`]).
+    checker: Arc<Notify>,
 }
 
 impl UpstreamPool {
@@ -57,7 +61,11 @@ impl UpstreamPool {
     /// Servers new to the pool are resolved here with the blocking system resolver (IP literals
     /// need no lookup), so a freshly loaded pool can serve at once; one that does not resolve
     /// stays out of selection until the background checker resolves it.
-    pub(crate) fn build(config: &Upstream, previous: Option<&UpstreamPool>) -> Arc<Self> {
+    pub(crate) fn build(
+        config: &Upstream,
+        previous: Option<&UpstreamPool>,
+        checker: Arc<Notify>,
+    ) -> Arc<Self> {
         let mut kept: HashMap<&ServerSpec, Vec<&Arc<ServerState>>> = HashMap::new();
         if let Some(prev) = previous {
             // Reverse so that `pop` hands out duplicates in their original order.
@@ -97,6 +105,7 @@ impl UpstreamPool {
             breaker,
             bulkhead,
             shared,
+            checker,
         })
     }
 
@@ -227,6 +236,20 @@ impl UpstreamPool {
             times_ejected = server.outlier.times_ejected(),
             "upstream server ejected"
         );
+    }
+
+    /// Asks the background checker to check server `index` now rather than at its next
+    /// interval; call it when connecting to the server failed. A killed server is then marked
+    /// down after `fall` quick checks instead of up to `interval` later. Still only active checks
+    /// decide, and a server is never checked more often than four times per `interval`.
+    pub fn recheck_soon(&self, index: usize) {
+        let Some(server) = self.servers.get(index) else {
+            return;
+        };
+        let fast = health::fast_interval(&self.config.health_check);
+        if server.expedite_check(Instant::now(), fast) {
+            self.checker.notify_one();
+        }
     }
 
     /// Whether an upstream response status counts as a failure (`failure_statuses`; by default

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
@@ -94,6 +94,12 @@ impl ServerState {
             return None;
         }
         self.addr()
+    }
+
+    /// Brings the next active check forward (see `UpstreamPool::recheck_soon`); only for a
+    /// server still considered healthy, since a down one is not selected anyway.
+    pub(crate) fn expedite_check(&self, now: Instant, min_gap: Duration) -> bool {
+        self.is_healthy() && self.health.lock().expedite(now, min_gap)
     }
 
     /// Counts one request in flight until the guard drops.
