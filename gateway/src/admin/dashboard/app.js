@@ -878,10 +878,10 @@
       const err = pick(lr, 'error');
       lrEl.innerHTML = '<span class="pill ' + (ok ? 'healthy' : 'down') + '">' + esc(result) + '</span> ' + cell(pick(lr, 'at'), fmtWhen) + (err ? '<div class="error-text">' + esc(err) + '</div>' : '');
     }
-    const parts = [];
-    for (const m of lastMetrics || []) {
-      if (m.name === 'gateway_config_reloads_total') parts.push(esc(m.labels.result || '?') + ' ' + fmtCount(m.value));
-    }
+    const parts = (lastMetrics || [])
+      .filter((m) => m.name === 'gateway_config_reloads_total')
+      .sort((x, y) => (x.labels.result === 'ok' ? -1 : y.labels.result === 'ok' ? 1 : 0))
+      .map((m) => esc(m.labels.result || '?') + ' ' + fmtCount(m.value));
     byTestId('config-reloads').innerHTML = parts.length ? parts.join(' · ') : '—';
 
     const routes = entries(lastStatus ? pick(lastStatus, 'routes') : undefined, 'pathPrefix', 'path_prefix');
