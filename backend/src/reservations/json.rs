@@ -3,7 +3,8 @@
 //! `invalid_json` when it does not parse.
 
 use axum::extract::{FromRequest, Request};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use crate::error::ApiError;
@@ -24,8 +25,21 @@ pub fn too_large() -> ApiError {
     )
 }
 
+/// The 413 answer: the unread rest of the body makes the connection unusable, so it says
+/// `Connection: close` and clients do not send their next request on it.
+fn too_large_response() -> Response {
+    let mut r = too_large().into_response();
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+fn invalid_json(message: String) -> Response {
+    ApiError::invalid_json(message).into_response()
+}
+
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let declared = req
@@ -34,18 +48,18 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Err(too_large());
+            return Err(too_large_response());
         }
         let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
             .await
-            .map_err(|_| too_large())?;
+            .map_err(|_| too_large_response())?;
         if bytes.is_empty() {
-            return Err(ApiError::invalid_json(
-                "request body is empty; expected JSON",
+            return Err(invalid_json(
+                "request body is empty; expected JSON".to_owned(),
             ));
         }
         serde_json::from_slice::<Value>(&bytes)
             .map(JsonBody)
-            .map_err(|e| ApiError::invalid_json(format!("request body is not valid JSON: {e}")))
+            .map_err(|e| invalid_json(format!("request body is not valid JSON: {e}")))
     }
 }
