@@ -338,8 +338,13 @@ impl Saga {
         let charged = self
             .with_lease(
                 &res_id,
-                self.payer
-                    .charge(&res_id, req.amount, &req.user_email, deadline),
+                // Leave a little of the deadline for settling and answering.
+                self.payer.charge(
+                    &res_id,
+                    req.amount,
+                    &req.user_email,
+                    deadline - Duration::from_millis(250),
+                ),
             )
             .await;
         let payment_id = match charged {
