@@ -187,6 +187,28 @@ impl Stack {
             .await
     }
 
+    /// The raw state of one seat read straight from Redis (works while reservations is down).
+    pub async fn seat_status_direct(&self, event_id: &str, seat: &str) -> String {
+        let client = redis::Client::open(self.redis.url()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        let state: Option<String> = redis::cmd("HGET")
+            .arg(format!("ev:{{{event_id}}}:seats"))
+            .arg(seat)
+            .query_async(&mut conn)
+            .await
+            .expect("HGET");
+        match state.as_deref().and_then(|s| s.as_bytes().first()) {
+            Some(b'A') => "available",
+            Some(b'S') => "sold",
+            Some(_) => "held",
+            None => "missing",
+        }
+        .to_owned()
+    }
+
     /// The status of one seat per `GET /api/events/{id}`.
     pub async fn seat_status(&self, event_id: &str, seat: &str) -> String {
         let a = self

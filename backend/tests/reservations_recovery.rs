@@ -1,0 +1,270 @@
+//! Durability and exactly-once behaviour: Idempotency-Key under concurrency, a reservations
+//! process killed mid-saga, abandoned holds, cancellation.
+
+mod common;
+mod reservations_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use backend::chaos::Chaos;
+use backend::reservations::inventory::{HoldOutcome, HoldRequest, Inventory};
+use backend::reservations::saga::now;
+use backend::store::{Store, StoreConfig};
+use reservations_support::{assert_no_net_charge, eventually, seat_body, Stack};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn same_idempotency_key_fifty_times_gives_one_reservation_and_one_charge() {
+    let stack = Arc::new(Stack::start(&[]));
+    // Slow the charge a little so the duplicates really overlap the first request.
+    stack
+        .chaos(&stack.payments.url(), json!({"latencyMs": 300}))
+        .await;
+    let body = seat_body("EVT-001", "H8", "idem@x.io", 75.0);
+    let url = format!("{}/api/reservations", stack.res.url());
+    let barrier = Arc::new(tokio::sync::Barrier::new(50));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (stack, barrier, body) = (stack.clone(), barrier.clone(), body.clone());
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            stack
+                .send(
+                    reqwest::Method::POST,
+                    url,
+                    Some(body),
+                    &[("Idempotency-Key", "key-h8")],
+                )
+                .await
+        }));
+    }
+    let mut created = Vec::new();
+    for t in tasks {
+        let a = t.await.expect("task");
+        match a.status {
+            StatusCode::CREATED => created.push(a.raw.clone()),
+            StatusCode::CONFLICT => assert_eq!(a.code(), "request_in_progress", "{}", a.raw),
+            other => panic!("unexpected {other}: {}", a.raw),
+        }
+    }
+    assert!(!created.is_empty(), "no request succeeded");
+    assert!(created.iter().all(|c| c == &created[0]), "different bodies");
+
+    // After completion the same key replays the same status and body.
+    let again = stack
+        .send(
+            reqwest::Method::POST,
+            url.clone(),
+            Some(body.clone()),
+            &[("Idempotency-Key", "key-h8")],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.raw, created[0]);
+    // Same key, other body.
+    let other = stack
+        .send(
+            reqwest::Method::POST,
+            url.clone(),
+            Some(seat_body("EVT-001", "H9", "idem@x.io", 75.0)),
+            &[("Idempotency-Key", "key-h8")],
+        )
+        .await;
+    assert_eq!(
+        other.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        other.raw
+    );
+    assert_eq!(other.code(), "idempotency_key_reused");
+
+    let list = stack
+        .get(format!(
+            "{}/api/reservations?userEmail=idem@x.io",
+            stack.res.url()
+        ))
+        .await;
+    assert_eq!(list.body.as_array().map(Vec::len), Some(1), "{}", list.raw);
+    let summary = stack
+        .get(format!("{}/admin/payments/summary", stack.payments.url()))
+        .await;
+    assert_eq!(summary.body["charged"], 1, "{}", summary.raw);
+    let ev = stack.audit_ok("EVT-001").await;
+    assert_eq!(ev["sold"], 1);
+
+    // A failed first request is replayed as the same failure.
+    stack.chaos_reset(&stack.payments.url()).await;
+    let declined = seat_body("EVT-001", "H10", "idem@x.io", 50_000.0);
+    for _ in 0..2 {
+        let a = stack
+            .send(
+                reqwest::Method::POST,
+                url.clone(),
+                Some(declined.clone()),
+                &[("Idempotency-Key", "key-declined")],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.raw);
+        assert_eq!(a.code(), "payment_declined");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_charge_the_saga_is_finished_after_restart() {
+    let mut stack = Stack::start(&["--saga-lease-ms", "1500", "--recovery-interval-ms", "300"]);
+    // The charge will be in flight for 3 s: the process dies while the saga is PAYMENT_PENDING.
+    stack
+        .chaos(&stack.payments.url(), json!({"latencyMs": 3000}))
+        .await;
+    let client = stack.http.clone();
+    let url = format!("{}/api/reservations", stack.res.url());
+    let inflight = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&seat_body("EVT-001", "J1", "crash@x.io", 60.0))
+            .send()
+            .await
+    });
+    let list_url = format!("{}/api/reservations?userEmail=crash@x.io", stack.res.url());
+    let id = eventually(Duration::from_secs(5), || async {
+        let l = stack.get(list_url.clone()).await;
+        (l.body[0]["status"] == "PAYMENT_PENDING")
+            .then(|| l.body[0]["reservationId"].as_str().unwrap().to_owned())
+    })
+    .await
+    .expect("saga never reached PAYMENT_PENDING");
+    stack.res.kill();
+    assert!(
+        inflight.await.expect("task").is_err(),
+        "the request should have died with the process"
+    );
+    assert_eq!(stack.seat_status_direct("EVT-001", "J1").await, "held");
+
+    stack.chaos_reset(&stack.payments.url()).await;
+    stack.res.restart();
+    let end = eventually(Duration::from_secs(15), || async {
+        let r = stack.reservation(&id).await;
+        let s = r["status"].as_str().unwrap_or("").to_owned();
+        (s == "CONFIRMED" || s == "FAILED").then_some(s)
+    })
+    .await
+    .expect("saga left unfinished after restart");
+    if end == "FAILED" {
+        assert_no_net_charge(&stack, &id).await;
+        assert_eq!(stack.seat_status("EVT-001", "J1").await, "available");
+    } else {
+        assert_eq!(stack.payment(&id).await.body["status"], "charged");
+        assert_eq!(stack.seat_status("EVT-001", "J1").await, "sold");
+    }
+    let history = stack.reservation(&id).await["history"].clone();
+    assert!(
+        history.as_array().is_some_and(|h| h.len() >= 3),
+        "{history}"
+    );
+    stack.audit_ok("EVT-001").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_hold_returns_to_stock_after_its_ttl() {
+    let stack = Stack::start(&["--hold-ttl-ms", "1000"]);
+    let _ = stack.get(format!("{}/api/events", stack.res.url())).await;
+    // A hold whose process vanished right after holding: made with the real hold script,
+    // then nobody drives it.
+    let store =
+        Store::connect(&stack.redis.url(), StoreConfig::default(), Chaos::new()).expect("store");
+    let inv = Inventory::new(store);
+    let seats = vec!["G7".to_owned(), "G8".to_owned()];
+    let (now_ms, now_iso) = now();
+    let held = inv
+        .hold(
+            &HoldRequest {
+                res_id: "abandoned-1",
+                event_id: "EVT-001",
+                seats: &seats,
+                quantity: 2,
+                amount: 20.0,
+                user_email: "gone@x.io",
+                idempotency: None,
+            },
+            now_ms,
+            &now_iso,
+            1000,
+            1000,
+            "a-dead-replica",
+        )
+        .await
+        .expect("hold");
+    assert_eq!(held, HoldOutcome::Held);
+    assert_eq!(stack.seat_status("EVT-001", "G7").await, "held");
+    let ev = stack.audit_ok("EVT-001").await;
+    assert_eq!(ev["held"], 2);
+
+    let back = eventually(Duration::from_secs(6), || async {
+        (stack.seat_status("EVT-001", "G7").await == "available"
+            && stack.seat_status("EVT-001", "G8").await == "available")
+            .then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "hold never returned to stock");
+    assert_eq!(stack.reservation("abandoned-1").await["status"], "EXPIRED");
+    let ev = stack.audit_ok("EVT-001").await;
+    assert_eq!(ev["held"], 0);
+    assert_eq!(ev["available"], 100);
+    // The seat sells normally afterwards.
+    let a = stack
+        .reserve(seat_body("EVT-001", "G7", "next@x.io", 20.0))
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.raw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_refunds_and_releases_then_refuses_a_second_time() {
+    let stack = Stack::start(&[]);
+    let a = stack
+        .reserve(
+            json!({"eventId":"EVT-001","seats":["I1","I2"],"userEmail":"c@x.io","amount":80.0}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.raw);
+    let id = a.body["reservationId"].as_str().unwrap().to_owned();
+    let cancel_url = format!("{}/api/reservations/{id}/cancel", stack.res.url());
+    let c = stack
+        .send(reqwest::Method::POST, cancel_url.clone(), None, &[])
+        .await;
+    assert_eq!(c.status, StatusCode::OK, "{}", c.raw);
+    assert_eq!(c.body["status"], "CANCELLED");
+    assert_eq!(stack.seat_status("EVT-001", "I1").await, "available");
+    assert_no_net_charge(&stack, &id).await;
+    let again = stack
+        .send(reqwest::Method::POST, cancel_url, None, &[])
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.raw);
+    assert_eq!(again.code(), "not_cancellable");
+    let ev = stack.audit_ok("EVT-001").await;
+    assert_eq!(ev["sold"], 0);
+    let url = format!(
+        "{}/notifications?reservationId={id}",
+        stack.notifications.url()
+    );
+    let kinds = eventually(Duration::from_secs(10), || async {
+        let n = stack.get(url.clone()).await;
+        let kinds: Vec<String> = n
+            .body
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x["kind"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        kinds
+            .contains(&"reservation_cancelled".to_owned())
+            .then_some(kinds)
+    })
+    .await;
+    assert!(kinds.is_some(), "cancellation notification not delivered");
+}
