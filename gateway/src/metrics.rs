@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 use crate::upstream::UpstreamsStatus;
@@ -37,6 +37,8 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     /// `gateway_config_reloads_total{result}`.
     pub config_reloads: IntCounterVec,
+    /// `gateway_header_timeouts_total`: connections closed because the request head was late.
+    pub header_timeouts: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -81,7 +83,16 @@ impl Metrics {
         // Show both results from the start, so a dashboard sees zeros rather than nothing.
         config_reloads.with_label_values(&["ok"]);
         config_reloads.with_label_values(&["error"]);
+        let header_timeouts = IntCounter::new(
+            "gateway_header_timeouts_total",
+            "Connections closed because the request head did not arrive within header_timeout_ms",
+        )
+        .unwrap_or_else(|e| panic!("counter is malformed: {e}"));
+        registry
+            .register(Box::new(header_timeouts.clone()))
+            .unwrap_or_else(|e| panic!("counter registered twice: {e}"));
         Metrics {
+            header_timeouts,
             requests: counter(
                 &registry,
                 "gateway_requests_total",

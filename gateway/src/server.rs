@@ -7,8 +7,10 @@ use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 
 use crate::admin::AdminService;
+use crate::client::deadline::{HeadDeadlineApp, HeaderTimeout};
 use crate::proxy::Gateway;
 use crate::reload::Signals;
 use crate::state::State;
@@ -83,8 +85,14 @@ pub fn run(state: Arc<State>) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, server_conf(&state));
     server.bootstrap();
 
-    let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, Gateway::new(Arc::clone(&state)));
+    // The proxy behind the request-head deadline (client/deadline.rs).
+    let proxy = pingora::proxy::http_proxy(&server.configuration, Gateway::new(Arc::clone(&state)));
+    let app = HeadDeadlineApp::new(
+        proxy,
+        Arc::clone(&state) as Arc<dyn HeaderTimeout>,
+        state.metrics.header_timeouts.clone(),
+    );
+    let mut proxy = Service::new("gateway proxy".to_string(), app);
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);
 

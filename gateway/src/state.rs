@@ -106,6 +106,12 @@ impl State {
     }
 }
 
+impl crate::client::deadline::HeaderTimeout for State {
+    fn header_timeout(&self) -> std::time::Duration {
+        self.current.load().config.client.header_timeout
+    }
+}
+
 fn build_snapshot(
     config: Arc<GatewayConfig>,
     zones: &Zones,

@@ -68,7 +68,11 @@ async fn dashboard_js() -> Response {
 }
 
 async fn dashboard_css() -> Response {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], DASHBOARD_CSS).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        DASHBOARD_CSS,
+    )
+        .into_response()
 }
 
 async fn metrics(AxumState(state): AxumState<Arc<State>>) -> Response {

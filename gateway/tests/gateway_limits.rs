@@ -1,0 +1,226 @@
+//! limit_req and limit_conn through the real gateway (SPEC §7 "Rejection response").
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, GatewayProcess, RawConn, TestUpstream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_req_burst_then_429_with_headers_on_one_keepalive_connection() {
+    let up = TestUpstream::start("a").await;
+    let gw = GatewayProcess::start(&format!(
+        "server: {{ threads: 2, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }}
+limit_req_zones:
+  reservations: {{ key: client_ip, rate: 2r/s }}
+upstreams:
+  u: {{ servers: [\"{}\"] }}
+routes:
+  - path_prefix: /api/
+    upstream: u
+    limit_req:
+      - {{ zone: reservations, burst: 5, nodelay: true }}
+",
+        up.addr
+    ))
+    .await;
+    let addr = gw.listen;
+    let (statuses, rejections, later) = tokio::task::spawn_blocking(move || {
+        let mut conn = RawConn::connect(addr);
+        let mut statuses = Vec::new();
+        let mut rejections = Vec::new();
+        for i in 0..15 {
+            let r = conn
+                .get(&format!("/api/reservations/{i}"), &[])
+                .expect("the connection stays open");
+            statuses.push(r.status);
+            if r.status == 429 {
+                rejections.push(r);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let later = conn
+            .get("/api/reservations/later", &[])
+            .expect("still open");
+        (statuses, rejections, later)
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        6,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        9,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[..6].iter().all(|s| *s == 200),
+        "burst+1 pass first: {statuses:?}"
+    );
+    for r in &rejections {
+        assert_eq!(
+            r.json(),
+            serde_json::json!({"error": "rate_limited", "message": "too many requests", "zone": "reservations"})
+        );
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!(retry >= 1);
+        assert!(r
+            .header("ratelimit-policy")
+            .unwrap()
+            .contains("\"reservations\""));
+        assert!(r.header("ratelimit").unwrap().contains("\"reservations\""));
+        assert_ne!(r.header("connection"), Some("close"));
+        assert!(r.header("x-request-id").is_some());
+    }
+    assert_eq!(later.status, 200, "0.5 s later one more passes");
+    assert_eq!(up.hits(), 7);
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        common::metric_value(
+            &m,
+            "gateway_ratelimit_rejected_total{zone=\"reservations\"}"
+        ),
+        Some(9.0)
+    );
+    assert_eq!(
+        common::metric_value(&m, "gateway_requests_total{route=\"/api/\",status=\"429\"}"),
+        Some(9.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_req_without_nodelay_delays_to_the_rate() {
+    let up = TestUpstream::start("a").await;
+    let gw = GatewayProcess::start(&format!(
+        "server: {{ threads: 2 }}
+limit_req_zones:
+  z: {{ rate: 10r/s }}
+upstreams:
+  u: {{ servers: [\"{}\"] }}
+routes:
+  - path_prefix: /
+    upstream: u
+    limit_req: [{{ zone: z, burst: 5 }}]
+",
+        up.addr
+    ))
+    .await;
+    let c = client();
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let c = c.clone();
+        let url = gw.url("/d");
+        tasks.push(tokio::spawn(async move {
+            c.get(url).send().await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // 4 requests at 10r/s with burst 5: the 4th waits ~300 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    let delayed = gw
+        .metric("gateway_ratelimit_delayed_total{zone=\"z\"}")
+        .await
+        .unwrap();
+    assert!(delayed >= 3.0, "{delayed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_conn_rejects_the_third_concurrent_request() {
+    let up = TestUpstream::start("slow").await;
+    up.set_delay(Duration::from_millis(1500));
+    let gw = GatewayProcess::start(&format!(
+        "server: {{ threads: 2 }}
+limit_conn_status: 503
+limit_conn_zones:
+  conn_per_ip: {{ key: client_ip }}
+upstreams:
+  u: {{ servers: [\"{}\"] }}
+routes:
+  - path_prefix: /
+    upstream: u
+    limit_conn: [{{ zone: conn_per_ip, max: 2 }}]
+",
+        up.addr
+    ))
+    .await;
+    let c = client();
+    let mut slow = Vec::new();
+    for i in 0..2 {
+        let c = c.clone();
+        let url = gw.url(&format!("/slow/{i}"));
+        slow.push(tokio::spawn(async move {
+            c.get(url).send().await.unwrap().status()
+        }));
+    }
+    // Wait (bounded) until both are at the upstream.
+    for _ in 0..100 {
+        if up.inflight() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(up.inflight(), 2);
+    let r = c.get(gw.url("/third")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "limit_conn_status is configurable");
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(body["zone"], "conn_per_ip");
+    for t in slow {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // Permits were released with the requests.
+    let r = c.get(gw.url("/after")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        gw.metric("gateway_limit_conn_rejected_total{zone=\"conn_per_ip\"}")
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_counts_but_never_rejects() {
+    let up = TestUpstream::start("a").await;
+    let gw = GatewayProcess::start(&format!(
+        "server: {{ threads: 1 }}
+limit_req_zones:
+  z: {{ rate: 1r/m }}
+upstreams:
+  u: {{ servers: [\"{}\"] }}
+routes:
+  - path_prefix: /
+    upstream: u
+    limit_req: [{{ zone: z, dry_run: true }}]
+",
+        up.addr
+    ))
+    .await;
+    let c = client();
+    for _ in 0..4 {
+        assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        gw.metric("gateway_ratelimit_dry_run_total{zone=\"z\"}")
+            .await,
+        Some(3.0)
+    );
+    assert_eq!(
+        gw.metric("gateway_ratelimit_rejected_total{zone=\"z\"}")
+            .await,
+        Some(0.0)
+    );
+    assert!(gw.logs().contains("limiter=dry_run:z"), "{}", gw.logs());
+}
