@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::admin::{self, EventDefinition};
 use super::events::{EventReader, ReadError};
@@ -95,7 +96,7 @@ pub async fn create_reservation(
         .transpose()?;
     // The saga runs in its own task: a client hanging up must not abort it half-way.
     let saga = s.saga.clone();
-    let task = tokio::spawn(async move { saga.reserve(req, idem).await });
+    let task = tokio::spawn(async move { saga.reserve(req, idem).await }.in_current_span());
     task.await
         .map_err(|e| ApiError::internal(format!("reservation task failed: {e}")))
 }
@@ -152,7 +153,7 @@ pub async fn cancel_reservation(
         return Err(reservation_not_found(&res_id));
     }
     let saga = s.saga.clone();
-    let task = tokio::spawn(async move { saga.cancel(&res_id).await });
+    let task = tokio::spawn(async move { saga.cancel(&res_id).await }.in_current_span());
     let view = task
         .await
         .map_err(|e| ApiError::internal(format!("cancel task failed: {e}")))??;

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus::{IntCounterVec, Opts};
+use tracing::Instrument;
 
 use super::inventory::{HoldOutcome, HoldRequest, IdempotencyRecord, Inventory, Step};
 use super::model::{self, HistoryEntry, Reservation, SagaRecord};
@@ -619,7 +620,7 @@ impl Saga {
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
             tracing::error!(reservation = %res_id, "background settle gave up; recovery will retry");
-        });
+        }.in_current_span());
     }
 
     /// Compensation after a definite non-charge: release (FAILED with `code`) and answer.
