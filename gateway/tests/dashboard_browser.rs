@@ -570,8 +570,10 @@ fn decode_base64(s: &str) -> Result<Vec<u8>> {
 // The gateway
 // ------------------------------------------------------------------------------------------------
 
-/// The config under test (the harness adds `listen` and `admin_listen` on free ports).
-fn gateway_yaml(a: SocketAddr, b: SocketAddr) -> String {
+/// The config under test (the harness adds `listen` and `admin_listen` on free ports): pool
+/// `app` of two servers behind a `2r/s` zone on `/api/limited`, and pool `flaky` of one server
+/// with a quick breaker (and no passive ejection) on `/api/flaky`.
+fn gateway_yaml(a: SocketAddr, b: SocketAddr, c: SocketAddr) -> String {
     format!(
         r#"server:
   threads: 1
@@ -588,19 +590,26 @@ upstreams:
     retries: 1
     health_check: {{ path: /health, interval_ms: 200, timeout_ms: 150, rise: 2, fall: 2 }}
     outlier: {{ consecutive_failures: 2, base_ejection_ms: 30000, max_ejection_percent: 50 }}
+  flaky:
+    servers: ["{c}"]
+    health_check: {{ path: /health, interval_ms: 500, timeout_ms: 300 }}
+    outlier: {{ consecutive_failures: 1000000 }}
+    circuit_breaker: {{ failure_rate: 0.5, min_requests: 10, window_ms: 5000, open_ms: 60000 }}
 routes:
   - path_prefix: /api/limited
     upstream: app
     limit_req:
       - {{ zone: tight, burst: 3, nodelay: true }}
+  - path_prefix: /api/flaky
+    upstream: flaky
   - path_prefix: /api/
     upstream: app
 "#
     )
 }
 
-/// Background traffic: mostly 200s on `/api/`, a few 404s (no route), and the limited route at
-/// about 6 r/s (above its 2 r/s, so a steady trickle of 429s).
+/// Background traffic: mostly `/api/`, some `/api/flaky`, a few 404s (no route), and the limited
+/// route at about 6 r/s (above its 2 r/s, so a steady trickle of 429s).
 fn spawn_traffic(gw: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
     thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(900);
@@ -608,6 +617,7 @@ fn spawn_traffic(gw: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<u64> {
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             let path = match sent % 12 {
                 3 | 9 => "/api/limited/seats",
+                1 | 5 | 7 => "/api/flaky/items",
                 11 if sent % 36 == 11 => "/nowhere",
                 _ => "/api/events",
             };
@@ -639,7 +649,8 @@ fn dashboard_shows_flood_and_ejection_in_a_real_browser() -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let a = rt.block_on(TestUpstream::start("a"));
     let mut b = rt.block_on(TestUpstream::start("b"));
-    let gateway = rt.block_on(GatewayProcess::start(&gateway_yaml(a.addr, b.addr)));
+    let c = rt.block_on(TestUpstream::start("c"));
+    let gateway = rt.block_on(GatewayProcess::start(&gateway_yaml(a.addr, b.addr, c.addr)));
     let (gw, admin) = (gateway.listen, gateway.admin);
 
     let (code, html) = http_get(admin, "/")?;
@@ -670,8 +681,8 @@ fn dashboard_shows_flood_and_ejection_in_a_real_browser() -> Result<()> {
         r#"document.querySelector('[data-testid="connection"]')?.dataset.state === 'ok'"#,
     )?;
     page.wait_for(
-        "two healthy servers",
-        r#"[...document.querySelectorAll('[data-testid="server-row"]')].filter(r => r.dataset.state === 'healthy').length === 2"#,
+        "three healthy servers",
+        r#"[...document.querySelectorAll('[data-testid="server-row"]')].filter(r => r.dataset.state === 'healthy').length === 3"#,
     )?;
     let shown =
         page.eval(r#"document.querySelector('[data-testid="config-path"]').textContent"#)?;
@@ -685,8 +696,8 @@ fn dashboard_shows_flood_and_ejection_in_a_real_browser() -> Result<()> {
     )?;
     assert_eq!(
         breaker,
-        json!(["app=closed"]),
-        "breaker state of the one upstream"
+        json!(["app=closed", "flaky=closed"]),
+        "breaker states"
     );
     let before = page
         .eval(r#"Number(document.querySelector('[data-testid="ratelimit-rejected-total"]').dataset.value || 0)"#)?
@@ -740,8 +751,8 @@ fn dashboard_shows_flood_and_ejection_in_a_real_browser() -> Result<()> {
     ))?;
     assert_eq!(live_state, json!("healthy"), "the surviving server's row");
     page.wait_for(
-        "the servers-available tile at 1 / 2",
-        r#"document.querySelector('[data-testid="servers-available"]').textContent === '1 / 2'"#,
+        "the servers-available tile at 2 / 3",
+        r#"document.querySelector('[data-testid="servers-available"]').textContent === '2 / 3'"#,
     )?;
     // The background traffic keeps the limited route above its rate: 429s are charted live.
     page.wait_for(
@@ -752,12 +763,23 @@ fn dashboard_shows_flood_and_ejection_in_a_real_browser() -> Result<()> {
         r#"[...document.querySelectorAll('[data-testid="route-chart"]')].map(r => r.dataset.route)"#,
     )?;
     assert!(
-        routes.as_array().is_some_and(|r| r.len() >= 2),
+        routes.as_array().is_some_and(|r| r.len() >= 3),
         "expected a chart per route: {routes}"
     );
+
+    // The flaky pool starts failing: its breaker opens and its block turns red.
+    c.set_status(500);
+    page.wait_for(
+        "the flaky breaker open",
+        r#"(() => { const b = document.querySelector('[data-testid="breaker-state"][data-upstream="flaky"]'); return b && b.dataset.state === 'open' && b.closest('.upstream').classList.contains('breaker-open') && getComputedStyle(b).backgroundColor !== getComputedStyle(document.querySelector('[data-testid="breaker-state"][data-upstream="app"]')).backgroundColor; })()"#,
+    )?;
+    page.wait_for(
+        "a 5xx rate in the requests chart",
+        r#"Number(document.querySelector('[data-chart="requests-all"] .legend-item[data-series="5xx"]')?.dataset.value || 0) > 0"#,
+    )?;
     page.pump(Duration::from_millis(1500))?;
 
-    // Screenshot of the whole page during the flood and the ejection.
+    // Screenshot of the whole page: flood, ejection, open breaker.
     let metrics = page.call("Page.getLayoutMetrics", json!({}))?;
     let height = metrics["cssContentSize"]["height"]
         .as_f64()
@@ -808,6 +830,6 @@ fn dashboard_shows_flood_and_ejection_in_a_real_browser() -> Result<()> {
     );
 
     chromium.kill();
-    drop(a);
+    drop((a, c));
     Ok(())
 }
