@@ -78,19 +78,19 @@ pub(crate) fn document(
         conn_zones: names_as_written(root, "limit_conn_zones"),
     };
     for (path, v) in route_items {
-        if let Some(r) = route(&path, v, &known, p) {
-            if let Some(first) = prefixes.get(&r.path_prefix) {
+        // Duplicates are judged on the prefixes as written, valid routes or not.
+        if let Some(prefix) = v.get("path_prefix").and_then(Value::as_str) {
+            if let Some(first) = prefixes.get(prefix) {
                 p.push(
                     &join(&path, "path_prefix"),
-                    format!(
-                        "duplicate path_prefix {:?} (also in {first})",
-                        r.path_prefix
-                    ),
+                    format!("duplicate path_prefix {prefix:?} (also in {first})"),
                 );
             } else {
-                prefixes.insert(r.path_prefix.clone(), path.clone());
-                routes.push(r);
+                prefixes.insert(prefix.to_string(), path.clone());
             }
+        }
+        if let Some(r) = route(&path, v, &known, p) {
+            routes.push(r);
         }
     }
     top.finish(p);
