@@ -399,3 +399,52 @@ async fn killed_server_gets_no_traffic_within_a_second() {
     }
     assert!(a2.hits() > 0, "restarted server gets traffic again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_state_of_servers_that_remain() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let c = TestUpstream::start("c").await;
+    a.set_status(500);
+    let extra = "outlier: { consecutive_failures: 2, base_ejection_ms: 30000 }
+         circuit_breaker: { min_requests: 1000 }";
+    let gw = GatewayProcess::start(&config(&[a.addr, b.addr], extra)).await;
+    for i in 0..6 {
+        get(&gw, &format!("/e/{i}")).await;
+    }
+    let st = gw.status().await;
+    assert_eq!(server_json(&st, 0)["ejected"], true, "{st}");
+
+    // SIGHUP with `c` added: `a` stays ejected, `c` joins healthy.
+    gw.write_config(&config(&[a.addr, b.addr, c.addr], extra));
+    gw.sighup();
+    assert!(
+        gw.wait_status(Duration::from_secs(5), |st| {
+            st["upstreams"]["u"]["servers"].as_array().map(Vec::len) == Some(3)
+        })
+        .await,
+        "reload applied: {}",
+        gw.logs()
+    );
+    let st = gw.status().await;
+    let sa = server_json(&st, 0);
+    assert_eq!(sa["ejected"], true, "{st}");
+    assert_eq!(sa["ejectionsTotal"], 1);
+    assert_eq!(server_json(&st, 2)["healthy"], true);
+    let hits_a = a.hits();
+    for i in 0..6 {
+        assert_eq!(get(&gw, &format!("/after/{i}")).await.0, 200);
+    }
+    assert_eq!(a.hits(), hits_a, "still ejected after the reload");
+    assert!(c.hits() > 0, "the new server takes traffic");
+
+    // SIGHUP without `a`: it is gone from the pool.
+    gw.write_config(&config(&[b.addr, c.addr], extra));
+    gw.sighup();
+    assert!(
+        gw.wait_status(Duration::from_secs(5), |st| {
+            st["upstreams"]["u"]["servers"].as_array().map(Vec::len) == Some(2)
+        })
+        .await
+    );
+}
