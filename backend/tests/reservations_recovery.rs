@@ -268,3 +268,48 @@ async fn cancel_refunds_and_releases_then_refuses_a_second_time() {
     .await;
     assert!(kinds.is_some(), "cancellation notification not delivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_replica_finishes_a_dead_replicas_saga() {
+    let flags = ["--saga-lease-ms", "1500", "--recovery-interval-ms", "300"];
+    let mut stack = Stack::start(&flags);
+    let other =
+        Stack::start_reservations(&stack.redis, &stack.payments, &stack.notifications, &flags);
+    stack
+        .chaos(&stack.payments.url(), json!({"latencyMs": 3000}))
+        .await;
+    let client = stack.http.clone();
+    let url = format!("{}/api/reservations", stack.res.url());
+    let inflight = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&seat_body("EVT-001", "J2", "replica@x.io", 60.0))
+            .send()
+            .await
+    });
+    let list_url = format!("{}/api/reservations?userEmail=replica@x.io", other.url());
+    let id = eventually(Duration::from_secs(5), || async {
+        let l = stack.get(list_url.clone()).await;
+        (l.body[0]["status"] == "PAYMENT_PENDING")
+            .then(|| l.body[0]["reservationId"].as_str().unwrap().to_owned())
+    })
+    .await
+    .expect("saga never reached PAYMENT_PENDING");
+    stack.res.kill();
+    let _ = inflight.await;
+    stack.chaos_reset(&stack.payments.url()).await;
+
+    let res_url = format!("{}/api/reservations/{id}", other.url());
+    let end = eventually(Duration::from_secs(15), || async {
+        let r = stack.get(res_url.clone()).await;
+        let s = r.body["status"].as_str().unwrap_or("").to_owned();
+        (s == "CONFIRMED" || s == "FAILED").then_some(s)
+    })
+    .await
+    .expect("the surviving replica did not finish the saga");
+    if end == "FAILED" {
+        assert_no_net_charge(&stack, &id).await;
+    }
+    let audit = stack.get(format!("{}/admin/audit", other.url())).await;
+    assert_eq!(audit.body["ok"], true, "{}", audit.raw);
+}
