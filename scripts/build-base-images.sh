@@ -16,7 +16,8 @@
 # Usage: scripts/build-base-images.sh [--force] [--check] [TAG...]
 #   TAG       only these tags (default: all three)
 #   --force   rebuild tags that already exist (the debootstrap tree in the cache is reused;
-#             delete SEAT_BASE_CACHE to start from scratch)
+#             delete SEAT_BASE_CACHE to start from scratch); a rebuilt debian:bookworm-slim
+#             also rebuilds the wanted images on top of it
 #   --check   only report which tags exist; exit 1 when one is missing
 #
 # Environment:
@@ -25,6 +26,9 @@
 #   DEBIAN_SECURITY_MIRROR (default http://deb.debian.org/debian-security)
 #   RUST_SYSROOT           toolchain to copy (default: `rustc --print sysroot`)
 #   STEP_TIMEOUT           seconds allowed for each step (default 1200)
+#   HOST_CA_DIR            extra CA certificates (*.crt) of this machine put into the images'
+#                          /usr/local/share/ca-certificates (default that same directory);
+#                          NO_HOST_CA=1 leaves them out
 #
 # Needs root (debootstrap) only when debian:bookworm-slim must be created; needs the Debian
 # mirror reachable from the host (debootstrap) and from containers (apt-get in docker build).
@@ -41,6 +45,7 @@ CACHE=${SEAT_BASE_CACHE:-/var/cache/seat-base}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 SECURITY_MIRROR=${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 STEP_TIMEOUT=${STEP_TIMEOUT:-1200}
+HOST_CA_DIR=${HOST_CA_DIR:-/usr/local/share/ca-certificates}
 STD_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ROOTFS="$CACHE/$SUITE-minbase"
 
@@ -177,6 +182,14 @@ EOF
 # --- debian:bookworm-slim -------------------------------------------------------------------------
 build_debian() {
   ensure_rootfs
+  # This machine's own extra CAs (e.g. a TLS-inspecting egress proxy in front of crates.io):
+  # images that install ca-certificates trust them too, so cargo can fetch crates in docker build.
+  as_root rm -rf "$ROOTFS/usr/local/share/ca-certificates"
+  as_root mkdir -p "$ROOTFS/usr/local/share/ca-certificates"
+  if [ "${NO_HOST_CA:-0}" != 1 ] && compgen -G "$HOST_CA_DIR/*.crt" >/dev/null; then
+    as_root cp "$HOST_CA_DIR"/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
+    log "adding this machine's extra CAs from $HOST_CA_DIR: $(cd "$HOST_CA_DIR" && echo ./*.crt)"
+  fi
   log "docker import $DEBIAN_TAG"
   local started=$SECONDS
   as_root tar --numeric-owner --xattrs --xattrs-include='*' -C "$ROOTFS" \
@@ -313,7 +326,14 @@ EOF
 
 total_started=$SECONDS
 built=()
-if needs_build "$DEBIAN_TAG"; then build_debian; built+=("$DEBIAN_TAG"); else wanted "$DEBIAN_TAG" && log "exists, skipped: $DEBIAN_TAG"; fi
+if needs_build "$DEBIAN_TAG"; then
+  build_debian
+  built+=("$DEBIAN_TAG")
+  # Images built on the old debian:bookworm-slim are stale now.
+  FORCE=1
+else
+  wanted "$DEBIAN_TAG" && log "exists, skipped: $DEBIAN_TAG"
+fi
 if needs_build "$RUST_TAG"; then build_rust; built+=("$RUST_TAG"); else wanted "$RUST_TAG" && log "exists, skipped: $RUST_TAG"; fi
 if needs_build "$REDIS_TAG"; then build_redis; built+=("$REDIS_TAG"); else wanted "$REDIS_TAG" && log "exists, skipped: $REDIS_TAG"; fi
 if [ ${#built[@]} -gt 0 ]; then
