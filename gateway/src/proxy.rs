@@ -89,6 +89,7 @@ pub struct RequestCtx {
     bulkhead_rejected: bool,
     breaker: Option<BreakerPermit>,
     circuit_rejected: bool,
+    /// Servers this request failed to connect to (never selected again for it).
     tried: Vec<usize>,
     attempt: Option<Attempt>,
     server: Option<Arc<str>>,
@@ -111,11 +112,9 @@ impl RequestCtx {
 
     /// Reports the current attempt's outcome to its server (once).
     fn report_attempt(&mut self, state: &State, outcome: Outcome) {
-        let Some((snap, r)) = self.route_rt() else {
+        let (Some(snap), Some(r)) = (self.snapshot.clone(), self.route) else {
             return;
         };
-        let pool = Arc::clone(&snap.routes[r].pool);
-        let upstream = snap.config.routes[r].upstream.clone();
         let Some(attempt) = self.attempt.as_mut() else {
             return;
         };
@@ -123,12 +122,13 @@ impl RequestCtx {
             return;
         }
         attempt.reported = true;
-        pool.report(attempt.index, outcome);
+        snap.routes[r].pool.report(attempt.index, outcome);
+        let upstream = snap.config.routes[r].upstream.as_str();
         let server = self.server.as_deref().unwrap_or("-");
         state
             .metrics
             .upstream_requests
-            .with_label_values(&[upstream.as_str(), server, outcome_label(outcome)])
+            .with_label_values(&[upstream, server, outcome_label(outcome)])
             .inc();
     }
 
@@ -510,7 +510,9 @@ impl ProxyHttp for Gateway {
         let selected = match pool.select(&ctx.tried) {
             Ok(s) => s,
             Err(e) => {
-                ctx.failure = Some(if e.all_tried() {
+                // After a connect failure in this request, that failure is the answer (the
+                // failed server may already be marked down, leaving nothing "available").
+                ctx.failure = Some(if e.all_tried() || !ctx.tried.is_empty() {
                     Failure::Unreachable
                 } else {
                     Failure::NoHealthy
@@ -521,7 +523,6 @@ impl ProxyHttp for Gateway {
                 ));
             }
         };
-        ctx.tried.push(selected.index);
         ctx.server = Some(Arc::clone(&selected.server));
         ctx.attempt = Some(Attempt {
             index: selected.index,
@@ -546,9 +547,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // Nothing was sent: safe to try another server while `retries` allow.
+        // Nothing was sent: safe to try another server while `retries` allow. Only connect
+        // failures mark a server as tried: a stale pooled connection that Pingora retries on a
+        // fresh one (idempotent requests only) may go to the same server again.
         ctx.report_attempt(&self.state, Outcome::Failure);
-        ctx.attempt = None;
+        if let Some(attempt) = ctx.attempt.take() {
+            ctx.tried.push(attempt.index);
+        }
         let retries = ctx
             .route_rt()
             .map_or(0, |(snap, r)| snap.routes[r].pool.config().retries as usize);

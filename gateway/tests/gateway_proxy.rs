@@ -98,9 +98,14 @@ async fn request_id_is_kept_or_generated_and_forwarded() {
 async fn connect_failure_is_502_upstream_unreachable() {
     let port = common::free_port();
     let dead: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let gw = GatewayProcess::start(&simple_config(&[dead])).await;
+    // Active checks would (rightly) mark the dead server down and turn this into 503
+    // no_healthy_upstream; make them slow to conclude so the request meets the dead server.
+    let gw = GatewayProcess::start(&format!(
+        "server: {{ threads: 1 }}\nupstreams:\n  u:\n    servers: [\"{dead}\"]\n    health_check: {{ interval_ms: 60000, fall: 1000 }}\nroutes:\n  - {{ path_prefix: /, upstream: u }}\n"
+    ))
+    .await;
     let r = client().get(gw.url("/x")).send().await.unwrap();
-    assert_eq!(r.status(), 502);
+    assert_eq!(r.status(), 502, "{}", gw.logs());
     assert!(r.headers().contains_key("x-request-id"));
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "upstream_unreachable");
@@ -146,4 +151,21 @@ async fn route_deadline_is_504() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_single_upstream_is_reached_again_through_a_fresh_connection() {
+    let mut a = TestUpstream::start("a").await;
+    let addr = a.addr;
+    let gw = GatewayProcess::start(&simple_config(&[addr])).await;
+    let c = client();
+    // Leaves a pooled keep-alive connection to the upstream.
+    assert_eq!(c.get(gw.url("/one")).send().await.unwrap().status(), 200);
+    a.kill().await;
+    let b = TestUpstream::start_on("b", addr).await;
+    // The stale pooled connection must not turn into a 502 for this idempotent request.
+    let r = c.get(gw.url("/two")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-upstream"], "b");
+    assert_eq!(b.hits(), 1);
 }
