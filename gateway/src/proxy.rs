@@ -91,6 +91,8 @@ pub struct RequestCtx {
     circuit_rejected: bool,
     /// Servers this request failed to connect to (never selected again for it).
     tried: Vec<usize>,
+    /// The last connect failure, for the access log.
+    connect_error: Option<String>,
     attempt: Option<Attempt>,
     server: Option<Arc<str>>,
     upstream_status: Option<u16>,
@@ -309,6 +311,7 @@ impl ProxyHttp for Gateway {
             breaker: None,
             circuit_rejected: false,
             tried: Vec::new(),
+            connect_error: None,
             attempt: None,
             server: None,
             upstream_status: None,
@@ -324,6 +327,12 @@ impl ProxyHttp for Gateway {
         let snap = self.state.snapshot();
         ctx.snapshot = Some(Arc::clone(&snap));
         let cfg = &snap.config;
+
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());
+        ctx.peer_ip = Some(peer);
 
         // The gateway's own health endpoint.
         let path = session.req_header().uri.path();
@@ -346,11 +355,6 @@ impl ProxyHttp for Gateway {
         ctx.deadline = Some(ctx.started + route.timeout);
 
         // Who the client is.
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());
-        ctx.peer_ip = Some(peer);
         let client_ip = client::client_ip(
             peer,
             &session.req_header().headers,
@@ -554,13 +558,20 @@ impl ProxyHttp for Gateway {
         if let Some(attempt) = ctx.attempt.take() {
             ctx.tried.push(attempt.index);
         }
-        let retries = ctx
-            .route_rt()
-            .map_or(0, |(snap, r)| snap.routes[r].pool.config().retries as usize);
-        let may_retry = ctx.tried.len() <= retries && !ctx.remaining().is_zero();
+        let (retries, servers) = ctx.route_rt().map_or((0, 0), |(snap, r)| {
+            let pool = &snap.routes[r].pool;
+            (pool.config().retries as usize, pool.len())
+        });
+        let may_retry =
+            ctx.tried.len() <= retries && ctx.tried.len() < servers && !ctx.remaining().is_zero();
+        ctx.connect_error = Some(e.to_string());
         e.set_retry(may_retry);
         if !may_retry {
-            ctx.failure = Some(Failure::Unreachable);
+            ctx.failure = Some(if ctx.remaining().is_zero() {
+                Failure::Deadline
+            } else {
+                Failure::Unreachable
+            });
         }
         e
     }
@@ -680,6 +691,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
+        // Errors the gateway answered itself (502/504/413/...) are in the access log line with
+        // their cause; Pingora's own error line would only repeat them.
+        ctx.local_status.is_some()
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         // Settle whatever is still open (client gone, deadline inside the body...).
         if let Some(err) = e {
@@ -734,7 +751,10 @@ impl ProxyHttp for Gateway {
         }
 
         let req = session.req_header();
-        let err_text = e.map(|e| e.to_string());
+        let err_text = match (ctx.failure, &ctx.connect_error) {
+            (Some(Failure::Unreachable), Some(c)) => Some(c.clone()),
+            _ => e.map(|e| e.to_string()),
+        };
         access_log::write(&access_log::Entry {
             request_id: &ctx.request_id,
             client_ip: ctx.client_ip.or(ctx.peer_ip),
@@ -743,7 +763,7 @@ impl ProxyHttp for Gateway {
             route: route_label,
             upstream_server: ctx.server.as_deref(),
             status,
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: (ctx.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0,
             limiter: &ctx.limiter,
             error: err_text.as_deref(),
         });
