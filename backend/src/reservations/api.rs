@@ -116,7 +116,7 @@ pub async fn get_reservation(
     Ok(Json(rec.view).into_response())
 }
 
-/// `GET /api/reservations?userEmail=`
+/// `GET /api/reservations?userEmail=`: the user's newest reservations first (at most 100).
 pub async fn list_reservations(
     State(s): State<AppState>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -131,7 +131,7 @@ pub async fn list_reservations(
             "userEmail must be a valid e-mail address like a@b.c",
         ));
     }
-    let mut cmd = redis::cmd("ZRANGE");
+    let mut cmd = redis::cmd("ZREVRANGE");
     cmd.arg(keys::user_index(&email.to_ascii_lowercase()))
         .arg(0)
         .arg(MAX_LISTED - 1);
