@@ -54,7 +54,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match gateway::server::run(state) {
+    let opts = gateway::server::RunOptions {
+        upgrade: cli.upgrade,
+        upgrade_sock: cli.upgrade_sock.clone(),
+    };
+    match gateway::server::run(state, &opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway: {e}");

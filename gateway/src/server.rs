@@ -37,9 +37,18 @@ pub enum StartError {
     },
 }
 
+/// Process options that are not part of the configuration file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Take over the listeners of a running gateway (`-u`).
+    pub upgrade: bool,
+    /// Socket of the SIGQUIT hand-off.
+    pub upgrade_sock: std::path::PathBuf,
+}
+
 /// Pingora's server settings from the config. `max_retries` only caps the proxy loop; the
 /// per-upstream `retries` decide (at most 10 retries, so 11 attempts).
-pub fn server_conf(state: &State) -> ServerConf {
+pub fn server_conf(state: &State, opts: &RunOptions) -> ServerConf {
     let snap = state.snapshot();
     let s = &snap.config.server;
     ServerConf {
@@ -47,6 +56,7 @@ pub fn server_conf(state: &State) -> ServerConf {
         grace_period_seconds: Some(s.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
         max_retries: 11,
+        upgrade_sock: opts.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     }
 }
@@ -65,24 +75,31 @@ impl BackgroundService for HealthChecks {
 }
 
 /// Builds and runs the server until a shutdown signal; returns when it has stopped.
-pub fn run(state: Arc<State>) -> Result<(), StartError> {
+pub fn run(state: Arc<State>, opts: &RunOptions) -> Result<(), StartError> {
     let snap = state.snapshot();
     let listen = snap.config.listen;
     let admin_addr = snap.config.admin_listen;
     drop(snap);
 
-    // Bind-check the proxy port now, so a busy port is a clean start-up error.
-    std::net::TcpListener::bind(listen).map_err(|source| StartError::ListenBind {
-        addr: listen,
-        source,
-    })?;
-    let admin_listener =
-        std::net::TcpListener::bind(admin_addr).map_err(|source| StartError::AdminBind {
-            addr: admin_addr,
+    // Bind-check the proxy port now, so a busy port is a clean start-up error (not when taking
+    // the listener over from a running gateway).
+    if !opts.upgrade {
+        std::net::TcpListener::bind(listen).map_err(|source| StartError::ListenBind {
+            addr: listen,
             source,
         })?;
+    }
+    // SO_REUSEPORT: during an upgrade the old process still listens on the admin port.
+    let admin_listener = bind_reuseport(admin_addr).map_err(|source| StartError::AdminBind {
+        addr: admin_addr,
+        source,
+    })?;
 
-    let mut server = Server::new_with_opt_and_conf(None, server_conf(&state));
+    let opt = pingora::server::configuration::Opt {
+        upgrade: opts.upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf(&state, opts));
     server.bootstrap();
 
     // The proxy behind the request-head deadline (client/deadline.rs).
@@ -113,4 +130,15 @@ pub fn run(state: Arc<State>) -> Result<(), StartError> {
         shutdown_signal: Box::new(Signals::new(state)),
     });
     Ok(())
+}
+
+/// A listening socket with `SO_REUSEADDR` and `SO_REUSEPORT` set.
+fn bind_reuseport(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }

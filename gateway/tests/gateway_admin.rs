@@ -215,3 +215,45 @@ async fn sigterm_exits_within_a_few_seconds_even_with_an_idle_keepalive_client()
     );
     drop(conn);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigquit_hands_the_listener_to_a_new_process_without_refusing_connections() {
+    let up = TestUpstream::start("a").await;
+    let mut gw = GatewayProcess::start(&full_config(up.addr)).await;
+    let old_pid = gw.pid();
+    let url = gw.url("/api/during");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = std::sync::Arc::clone(&stop);
+    // Fresh connections all along the hand-off: none may be refused.
+    let prober = tokio::spawn(async move {
+        let (mut answered, mut failed) = (0u32, Vec::new());
+        for _ in 0..2000 {
+            if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let c = reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            match c.get(&url).send().await {
+                Ok(_) => answered += 1,
+                Err(e) => failed.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        (answered, failed)
+    });
+    let exit = gw.upgrade().await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (answered, failed) = prober.await.unwrap();
+    assert!(exit.success(), "old process exit: {exit}");
+    assert_ne!(gw.pid(), old_pid);
+    assert!(answered > 10, "{answered} answered");
+    assert!(failed.is_empty(), "refused during the hand-off: {failed:?}");
+    // The new process serves and reports.
+    let r = client().get(gw.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(gw.status().await["routes"].is_array());
+}

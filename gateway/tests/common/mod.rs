@@ -89,25 +89,66 @@ impl GatewayProcess {
             child: None,
         };
         gw.write_config(yaml);
-        let log = std::fs::File::create(gw.log_path()).expect("log file");
+        gw.child = Some(gw.spawn(false, env));
+        gw.wait_ready().await;
+        gw
+    }
+
+    fn spawn(&self, upgrade: bool, env: &[(&str, &str)]) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
         cmd.arg("-c")
-            .arg(&gw.config_path)
+            .arg(&self.config_path)
             .env(
                 "RUST_LOG",
                 std::env::var("GATEWAY_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .env("GATEWAY_UPGRADE_SOCK", self.dir.path().join("upgrade.sock"))
             .env_remove("GATEWAY_CONFIG")
+            .env_remove("GATEWAY_UPGRADE")
             .env_remove("LOG_FORMAT")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
+        if upgrade {
+            cmd.arg("-u");
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
-        gw.child = Some(cmd.spawn().expect("spawn gateway"));
-        gw.wait_ready().await;
-        gw
+        cmd.spawn().expect("spawn gateway")
+    }
+
+    /// Pingora's zero-downtime upgrade: starts a new process with `-u` on the same config, sends
+    /// SIGQUIT to the running one, waits (bounded) for it to exit, and continues with the new
+    /// process. Returns the old process's exit status.
+    pub async fn upgrade(&mut self) -> ExitStatus {
+        let new = self.spawn(true, &[]);
+        // Let the new process start listening on the upgrade socket.
+        let sock = self.dir.path().join("upgrade.sock");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !sock.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.signal("QUIT");
+        let mut old = self.child.replace(new).expect("gateway running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Ok(Some(status)) = old.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = old.kill();
+                panic!("old gateway did not exit after SIGQUIT:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.wait_ready().await;
+        status
     }
 
     /// The full file text the harness writes for `yaml`.
