@@ -257,3 +257,38 @@ async fn sigquit_hands_the_listener_to_a_new_process_without_refusing_connection
     assert_eq!(r.status(), 200);
     assert!(gw.status().await["routes"].is_array());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_cannot_move_listeners_and_says_a_restart_is_needed() {
+    let up = TestUpstream::start("a").await;
+    let gw = GatewayProcess::start(&full_config(up.addr)).await;
+    let other = common::free_port();
+    // Same routes, another listen port.
+    let text = gw
+        .full_config(&full_config(up.addr))
+        .replace(&gw.listen.to_string(), &format!("127.0.0.1:{other}"));
+    std::fs::write(&gw.config_path, text).unwrap();
+    gw.sighup();
+    assert!(
+        gw.wait_status(Duration::from_secs(5), |s| s["config"]["lastReload"]
+            ["result"]
+            == "ok")
+            .await
+    );
+    assert!(
+        gw.logs().contains("listen changed: restart needed"),
+        "{}",
+        gw.logs()
+    );
+    // Still serving on the original port.
+    assert_eq!(
+        client()
+            .get(gw.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", other)).is_err());
+}
