@@ -74,14 +74,14 @@ async fn slow_drip_head_gets_408_and_close_within_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_alive_connection_may_idle_but_each_head_has_the_deadline() {
     let up = TestUpstream::start("a").await;
-    let gw = GatewayProcess::start(&config(up.addr, "  header_timeout_ms: 500", "")).await;
+    let gw = GatewayProcess::start(&config(up.addr, "  header_timeout_ms: 1000", "")).await;
     let addr = gw.listen;
     tokio::task::spawn_blocking(move || {
         let mut conn = RawConn::connect(addr);
         let r = conn.get("/a", &[]).unwrap();
         assert_eq!(r.status, 200);
         // Idle longer than the head deadline between requests: still fine.
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(Duration::from_millis(1300));
         let r = conn.get("/b", &[]).unwrap();
         assert_eq!(r.status, 200);
         // A head sent in two parts, each quick, whole within the deadline: fine.
@@ -92,7 +92,7 @@ async fn kept_alive_connection_may_idle_but_each_head_has_the_deadline() {
         assert_eq!(r.status, 200);
         // The next head drips past the deadline: 408.
         conn.send_raw(b"GET /d HTTP/1.1\r\n").unwrap();
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(Duration::from_millis(1300));
         let _ = conn.send_raw(b"Host: t\r\n\r\n");
         let r = conn.read_response().unwrap();
         assert_eq!(r.status, 408);

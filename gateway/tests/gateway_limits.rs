@@ -25,8 +25,9 @@ routes:
     ))
     .await;
     let addr = gw.listen;
-    let (statuses, rejections, later) = tokio::task::spawn_blocking(move || {
+    let (statuses, rejections, later, burst_time) = tokio::task::spawn_blocking(move || {
         let mut conn = RawConn::connect(addr);
+        let started = std::time::Instant::now();
         let mut statuses = Vec::new();
         let mut rejections = Vec::new();
         for i in 0..15 {
@@ -38,25 +39,30 @@ routes:
                 rejections.push(r);
             }
         }
+        let burst_time = started.elapsed();
         std::thread::sleep(Duration::from_millis(500));
         let later = conn
             .get("/api/reservations/later", &[])
             .expect("still open");
-        (statuses, rejections, later)
+        (statuses, rejections, later, burst_time)
     })
     .await
     .unwrap();
 
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        6,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 429).count(),
-        9,
-        "{statuses:?}"
-    );
+    // 15 requests within 0.5 s give exactly 6 passes. Over one connection they are sequential;
+    // on a very loaded machine they may take longer, and at 2r/s each further 0.5 s honestly
+    // earns one more pass.
+    let passes = statuses.iter().filter(|s| **s == 200).count();
+    let earned = (burst_time.as_secs_f64() * 2.0).floor() as usize;
+    if earned == 0 {
+        assert_eq!(passes, 6, "{statuses:?}");
+    } else {
+        assert!(
+            (6..=6 + earned).contains(&passes),
+            "{statuses:?} in {burst_time:?}"
+        );
+    }
+    assert_eq!(passes + rejections.len(), 15, "{statuses:?}");
     assert!(
         statuses[..6].iter().all(|s| *s == 200),
         "burst+1 pass first: {statuses:?}"
@@ -77,7 +83,8 @@ routes:
         assert!(r.header("x-request-id").is_some());
     }
     assert_eq!(later.status, 200, "0.5 s later one more passes");
-    assert_eq!(up.hits(), 7);
+    assert_eq!(up.hits(), passes + 1);
+    let rejected = rejections.len() as f64;
 
     let m = gw.metrics().await;
     assert_eq!(
@@ -85,11 +92,11 @@ routes:
             &m,
             "gateway_ratelimit_rejected_total{zone=\"reservations\"}"
         ),
-        Some(9.0)
+        Some(rejected)
     );
     assert_eq!(
         common::metric_value(&m, "gateway_requests_total{route=\"/api/\",status=\"429\"}"),
-        Some(9.0)
+        Some(rejected)
     );
 }
 
@@ -123,9 +130,9 @@ routes:
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    // 4 requests at 10r/s with burst 5: the 4th waits ~300 ms.
+    // 4 requests at 10r/s with burst 5: released at least 100 ms apart, the 4th ≥ 300 ms in.
     assert!(
-        started.elapsed() >= Duration::from_millis(250),
+        started.elapsed() >= Duration::from_millis(290),
         "{:?}",
         started.elapsed()
     );
@@ -133,7 +140,8 @@ routes:
         .metric("gateway_ratelimit_delayed_total{zone=\"z\"}")
         .await
         .unwrap();
-    assert!(delayed >= 3.0, "{delayed}");
+    // Requests 2..4 are delayed unless the machine spread their arrivals by > 100 ms each.
+    assert!(delayed >= 1.0, "{delayed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
