@@ -691,10 +691,10 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, _error: &Error) -> bool {
-        // Errors the gateway answered itself (502/504/413/...) are in the access log line with
-        // their cause; Pingora's own error line would only repeat them.
-        ctx.local_status.is_some()
+    fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, error: &Error) -> bool {
+        // Errors the gateway answered itself (502/504/413/...) and clients that went away are in
+        // the access log line with their cause; Pingora's error line would only repeat them.
+        ctx.local_status.is_some() || failure_answer(ctx.failure, error).is_none()
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {

@@ -292,3 +292,45 @@ async fn reload_cannot_move_listeners_and_says_a_restart_is_needed() {
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", other)).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_finish_on_the_old_config() {
+    let up = TestUpstream::start("slow").await;
+    up.set_delay(Duration::from_millis(1200));
+    let gw = GatewayProcess::start(&full_config(up.addr)).await;
+    let url = gw.url("/api/slow");
+    let in_flight = tokio::spawn(async move { client().get(url).send().await.unwrap().status() });
+    for _ in 0..100 {
+        if up.inflight() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.inflight(), 1);
+    // The new file no longer routes /api/.
+    gw.write_config(&format!(
+        "server: {{ threads: 1 }}\nupstreams:\n  res: {{ servers: [\"{}\"] }}\nroutes:\n  - {{ path_prefix: /other/, upstream: res }}\n",
+        up.addr
+    ));
+    gw.sighup();
+    assert!(
+        gw.wait_status(Duration::from_secs(5), |s| s["config"]["lastReload"]
+            ["result"]
+            == "ok")
+            .await
+    );
+    assert_eq!(
+        client()
+            .get(gw.url("/api/new"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        in_flight.await.unwrap(),
+        200,
+        "the old route finished its request"
+    );
+}
