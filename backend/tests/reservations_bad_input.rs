@@ -339,6 +339,19 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(a.body["field"], "capacity");
 
+    // Service endpoints of SPEC §6.
+    let health = stack.get(format!("{}/health", stack.res.url())).await;
+    assert_eq!(health.body["status"], "ok");
+    let ready = stack.get(format!("{}/ready", stack.res.url())).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.raw);
+    let metrics = stack.get(format!("{}/metrics", stack.res.url())).await;
+    assert!(
+        metrics.raw.contains("reservations_saga_outcomes_total")
+            && metrics.raw.contains("http_requests_total"),
+        "{}",
+        metrics.raw
+    );
+
     let after = stack.audit().await;
     assert_eq!(before, after, "bad input changed the inventory");
     let list = stack

@@ -252,3 +252,14 @@ async fn expired_holds_and_event_resets() {
         }
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_seeding_creates_the_demo_events_once() {
+    let redis = RedisServer::start();
+    let replicas: Vec<Inventory> = (0..8).map(|_| inventory(&redis)).collect();
+    let results = futures::future::join_all(replicas.iter().map(|i| i.seed_demo())).await;
+    let created = results.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(created, 1);
+    assert_eq!(counters(&redis, "EVT-001").await, (100, 0, 0));
+    assert_eq!(counters(&redis, "EVT-002").await, (1000, 0, 0));
+}
