@@ -17,7 +17,7 @@ pub struct Cli {
     )]
     pub conf: PathBuf,
     /// Test the configuration file and exit: 0 when valid, else 1 with one line per problem.
-    #[arg(short = 't', long = "test")]
+    #[arg(short = 't', long = "test", env = "GATEWAY_CONFIG_TEST")]
     pub test: bool,
     /// Take over the listening sockets of a running gateway: start this process first, then
     /// send SIGQUIT to the old one (Pingora's zero-downtime upgrade).

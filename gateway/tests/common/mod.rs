@@ -110,6 +110,7 @@ impl GatewayProcess {
             .env("GATEWAY_UPGRADE_SOCK", self.dir.path().join("upgrade.sock"))
             .env_remove("GATEWAY_CONFIG")
             .env_remove("GATEWAY_UPGRADE")
+            .env_remove("GATEWAY_CONFIG_TEST")
             .env_remove("LOG_FORMAT")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -341,6 +342,7 @@ pub fn config_test_file(path: &std::path::Path) -> (i32, String, String) {
         .arg("-c")
         .arg(path)
         .env_remove("GATEWAY_CONFIG")
+        .env_remove("GATEWAY_CONFIG_TEST")
         .output()
         .expect("run gateway -t");
     (
