@@ -327,6 +327,17 @@ async fn bad_input_is_rejected_and_changes_nothing() {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(a.code(), "not_found");
 
+    let a = stack
+        .send(
+            reqwest::Method::DELETE,
+            format!("{}/api/events", stack.res.url()),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(a.code(), "method_not_allowed");
+
     // Admin input is validated the same way.
     let a = stack
         .send(

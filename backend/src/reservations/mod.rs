@@ -99,6 +99,7 @@ pub fn router(state: AppState, chaos: Arc<Chaos>, metrics: Arc<Metrics>) -> Rout
         .route("/admin/audit", get(api::get_audit))
         .route("/ready", get(api::ready))
         .fallback(api::fallback)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state);
     let app = api
         .merge(telemetry::health_routes())
