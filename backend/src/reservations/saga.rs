@@ -308,10 +308,35 @@ impl Saga {
                 self.outcome("hold_expired");
                 return error_for("hold_expired", "").into_response();
             }
+            Ok(Step::Lost) => {
+                // The event was reset between the hold and now.
+                let _ = self
+                    .release(
+                        &res_id,
+                        &req.event_id,
+                        idem_key.as_deref(),
+                        "FAILED",
+                        "seat_unavailable",
+                    )
+                    .await;
+                self.outcome("seat_unavailable");
+                return error_for("seat_unavailable", "").into_response();
+            }
+            Ok(Step::WrongState(..)) => {
+                // The sweeper expired the hold first (only with a very short hold TTL).
+                self.outcome("hold_expired");
+                return error_for("hold_expired", "").into_response();
+            }
             Ok(other) => {
-                tracing::error!(reservation = %res_id, ?other, "begin_payment refused a fresh hold");
-                self.outcome("internal_error");
-                return ApiError::internal("reservation changed unexpectedly").into_response();
+                // Missing: Redis lost its data between the two scripts.
+                tracing::error!(reservation = %res_id, ?other, "begin_payment found no hold");
+                self.outcome("inventory_unavailable");
+                return ApiError::unavailable(
+                    "inventory_unavailable",
+                    "the inventory store lost the hold; try again",
+                    1,
+                )
+                .into_response();
             }
             Err(e) => {
                 // The hold expires by itself (or recovery compensates if the step landed).
