@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         };
     }
     init_logging(cli.log_format);
+    gateway::reload::guard_sighup_early();
     let config = match gateway::config::load(&cli.conf) {
         Ok(c) => c,
         Err(errors) => {

@@ -88,6 +88,23 @@ fn try_reload(state: &State) -> Result<(), ReloadError> {
     Ok(())
 }
 
+/// Makes SIGHUP harmless from process start. The reloading handler is only installed once the
+/// server runs; registering SIGHUP with tokio here (the registration is process-wide and never
+/// removed) closes the start-up window in which the default action would kill the process.
+pub fn guard_sighup_early() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build();
+    match rt {
+        Ok(rt) => rt.block_on(async {
+            if let Err(e) = signal(SignalKind::hangup()) {
+                tracing::warn!(error = %e, "cannot guard SIGHUP during start-up");
+            }
+        }),
+        Err(e) => tracing::warn!(error = %e, "cannot guard SIGHUP during start-up"),
+    }
+}
+
 /// Pingora's signal watch plus SIGHUP reloads.
 pub struct Signals {
     state: Arc<State>,
