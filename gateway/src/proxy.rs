@@ -66,36 +66,53 @@ struct Attempt {
     reported: bool,
 }
 
-/// Per-request state.
+/// Per-request state. Dropped when the request ends, which releases the `limit_conn` permits,
+/// the bulkhead slot and the server's in-flight count it holds.
 pub struct RequestCtx {
+    /// When `request_filter` started (the head has been read).
     started: Instant,
+    /// The configuration generation this request runs on, start to end.
     snapshot: Option<Arc<Snapshot>>,
+    /// Index of the matched route in `snapshot`.
     route: Option<usize>,
+    /// Metrics label when there is no route (`none`, `health`).
     route_label: &'static str,
+    /// `X-Request-Id`, kept from the client or generated.
     request_id: String,
+    /// The socket peer.
     peer_ip: Option<IpAddr>,
+    /// The client after trusted proxies.
     client_ip: Option<IpAddr>,
+    /// The route's whole-request deadline.
     deadline: Option<Instant>,
+    /// Request body bytes counted against `max_body_bytes`.
     body: BodyLimit,
+    /// What the limiters did, for the access log.
     limiter: LimiterNote,
+    /// Metric bookkeeping, recorded once in `logging`.
     delayed_zone: Option<String>,
     dry_run_req: Vec<String>,
     dry_run_conn: Vec<String>,
-    rate_limit: Option<RateLimitFields>,
     rejected_req_zone: Option<String>,
     rejected_conn_zone: Option<String>,
+    bulkhead_rejected: bool,
+    circuit_rejected: bool,
+    /// `RateLimit-Policy` / `RateLimit` values echoed on the response.
+    rate_limit: Option<RateLimitFields>,
+    /// RAII guards held for the whole request.
     conn_permits: Vec<ConnPermit>,
     bulkhead: Option<BulkheadPermit>,
-    bulkhead_rejected: bool,
+    /// Settled once with the request's outcome.
     breaker: Option<BreakerPermit>,
-    circuit_rejected: bool,
     /// Servers this request failed to connect to (never selected again for it).
     tried: Vec<usize>,
     /// The last connect failure, for the access log.
     connect_error: Option<String>,
+    /// The current attempt's server and its in-flight guard.
     attempt: Option<Attempt>,
+    /// `host:port` of the last server tried.
     server: Option<Arc<str>>,
-    upstream_status: Option<u16>,
+    /// Why the gateway ended the request itself, if it did.
     failure: Option<Failure>,
     /// Status of an answer the gateway wrote itself.
     local_status: Option<u16>,
@@ -314,7 +331,6 @@ impl ProxyHttp for Gateway {
             connect_error: None,
             attempt: None,
             server: None,
-            upstream_status: None,
             failure: None,
             local_status: None,
         }
@@ -349,7 +365,6 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         };
         ctx.route = Some(r);
-        ctx.route_label = "route";
         let route = &cfg.routes[r];
         let rt = &snap.routes[r];
         ctx.deadline = Some(ctx.started + route.timeout);
@@ -614,7 +629,6 @@ impl ProxyHttp for Gateway {
         if status < 200 {
             return Ok(());
         }
-        ctx.upstream_status = Some(status);
         let outcome = match ctx.route_rt() {
             Some((snap, r)) => snap.routes[r].pool.outcome_for_status(status),
             None => Outcome::Neutral,
