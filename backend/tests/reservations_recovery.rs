@@ -313,3 +313,74 @@ async fn the_other_replica_finishes_a_dead_replicas_saga() {
     let audit = stack.get(format!("{}/admin/audit", other.url())).await;
     assert_eq!(audit.body["ok"], true, "{}", audit.raw);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charged_but_unconfirmed_saga_is_confirmed_after_a_crash() {
+    let mut stack = Stack::start(&["--saga-lease-ms", "1500", "--recovery-interval-ms", "300"]);
+    stack
+        .chaos(&stack.payments.url(), json!({"latencyMs": 1500}))
+        .await;
+    let client = stack.http.clone();
+    let url = format!("{}/api/reservations", stack.res.url());
+    let inflight = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&seat_body("EVT-001", "J3", "charged@x.io", 60.0))
+            .send()
+            .await
+    });
+    let list_url = format!(
+        "{}/api/reservations?userEmail=charged@x.io",
+        stack.res.url()
+    );
+    let id = eventually(Duration::from_secs(5), || async {
+        let l = stack.get(list_url.clone()).await;
+        (l.body[0]["status"] == "PAYMENT_PENDING")
+            .then(|| l.body[0]["reservationId"].as_str().unwrap().to_owned())
+    })
+    .await
+    .expect("saga never reached PAYMENT_PENDING");
+    // The inventory store becomes unreachable while the charge is in flight: the charge lands,
+    // the confirmation cannot be written.
+    stack
+        .chaos(&stack.res.url(), json!({"inventoryDown": true}))
+        .await;
+    let answer = inflight.await.expect("task").expect("answer");
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = answer.json().await.expect("json");
+    assert_eq!(body["error"], "inventory_unavailable");
+    assert_eq!(body["reservationId"], id.as_str());
+    assert_eq!(stack.payment(&id).await.body["status"], "charged");
+
+    // Crash, restart: recovery sees the charge and confirms (seats still payment-pending).
+    stack.res.kill();
+    stack.chaos_reset(&stack.payments.url()).await;
+    stack.res.restart();
+    let confirmed = eventually(Duration::from_secs(15), || async {
+        (stack.reservation(&id).await["status"] == "CONFIRMED").then_some(())
+    })
+    .await;
+    assert!(
+        confirmed.is_some(),
+        "recovery did not confirm a charged saga"
+    );
+    assert_eq!(stack.seat_status("EVT-001", "J3").await, "sold");
+    let ev = stack.audit_ok("EVT-001").await;
+    assert_eq!(ev["sold"], 1);
+    let url = format!(
+        "{}/notifications?reservationId={id}",
+        stack.notifications.url()
+    );
+    let delivered = eventually(Duration::from_secs(10), || async {
+        let n = stack.get(url.clone()).await;
+        n.body
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+            .then_some(())
+    })
+    .await;
+    assert!(
+        delivered.is_some(),
+        "confirmation notification not delivered"
+    );
+}
