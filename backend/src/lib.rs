@@ -6,6 +6,6 @@ pub mod notifications;
 pub mod outbox;
 pub mod payments;
 pub mod payments_client;
+pub mod reservations;
 pub mod store;
 pub mod telemetry;
-pub mod reservations;
