@@ -1,0 +1,70 @@
+# One image with the three binaries of the stack: gateway, backend, loadtest.
+#
+#   docker build -t seat-gateway-stack:latest .      (docker compose build does the same)
+#
+# Works with the classic builder (docker-compose 1.29) and BuildKit alike: no cache mounts, no
+# syntax directive. Dependencies are compiled in their own layer, keyed only on Cargo.toml,
+# Cargo.lock and the list of target entry points, so editing sources recompiles only the
+# workspace crates. Without registry access, create the base images first:
+# scripts/build-base-images.sh (see docs/docker.md).
+
+# --- 1. the workspace reduced to what decides the dependency build ------------------------------
+FROM rust:1.95-bookworm AS skeleton
+WORKDIR /src
+COPY . .
+# Keep the manifests, the lock file and every file cargo needs to find a target (lib, bins,
+# benches, tests, examples, explicit `path = "..."`), each replaced by a stub; drop the rest.
+RUN set -eu; \
+    mkdir -p /skeleton; \
+    cp Cargo.toml Cargo.lock /skeleton/; \
+    for manifest in */Cargo.toml; do \
+      crate=${manifest%/Cargo.toml}; \
+      mkdir -p "/skeleton/$crate"; \
+      cp "$manifest" "/skeleton/$crate/"; \
+      { find "$crate/src" -maxdepth 1 \( -name main.rs -o -name lib.rs \) 2>/dev/null || true; \
+        find "$crate/src/bin" "$crate/benches" "$crate/tests" "$crate/examples" -maxdepth 2 -name '*.rs' \
+             \( -path "*/bin/*" -o -path "*/benches/*" -o -path "*/tests/*" -o -path "*/examples/*" \) 2>/dev/null || true; \
+        sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' "$manifest" | sed "s#^#$crate/#"; \
+      } | sort -u | while read -r f; do \
+        mkdir -p "/skeleton/$(dirname "$f")"; \
+        case "$f" in */lib.rs) : > "/skeleton/$f" ;; *) echo 'fn main() {}' > "/skeleton/$f" ;; esac; \
+      done; \
+    done
+
+# --- 2. build ---------------------------------------------------------------------------------------
+FROM rust:1.95-bookworm AS builder
+# Pingora's compression crates build zlib-ng with cmake.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY --from=skeleton /skeleton/ ./
+RUN cargo build --release --locked -p gateway -p backend -p loadtest
+COPY . .
+# The stubs were compiled a moment ago: make sure cargo sees the real sources as newer.
+RUN find gateway backend loadtest resilience -type f -exec touch {} + \
+ && cargo build --release --locked -p gateway -p backend -p loadtest \
+ && mkdir -p /out \
+ && for bin in gateway backend loadtest; do \
+      cp "target/release/$bin" /out/ && strip --strip-debug "/out/$bin"; \
+    done
+
+# --- 3. runtime -------------------------------------------------------------------------------------
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      ca-certificates curl libcap2-bin \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid app --home-dir /app --create-home --shell /usr/sbin/nologin app
+COPY --from=builder /out/gateway /out/backend /out/loadtest /usr/local/bin/
+# The gateway listens on port 80 as the non-root user: the file capability is set here, in the
+# image's own layer, so it holds under any engine, compose version or orchestrator.
+RUN setcap cap_net_bind_service=+ep /usr/local/bin/gateway \
+ && getcap /usr/local/bin/gateway | grep -q cap_net_bind_service
+COPY conf/ /etc/gateway/
+WORKDIR /app
+USER app
+ENV RUST_LOG=info
+EXPOSE 80 9901 3001 3002 3003
+CMD ["gateway", "-c", "/etc/gateway/gateway.yaml"]
