@@ -47,6 +47,14 @@ async fn metrics_lists_every_spec_name_and_status_has_its_shape() {
     let c = client();
     assert_eq!(c.get(gw.url("/api/x")).send().await.unwrap().status(), 200);
 
+    assert_eq!(
+        gw.wait_metric(
+            "gateway_requests_total{route=\"/api/\",status=\"200\"}",
+            1.0
+        )
+        .await,
+        Some(1.0)
+    );
     let text = gw.metrics().await;
     for name in SPEC_METRICS {
         assert!(

@@ -193,8 +193,11 @@ routes:
     let r = c.get(gw.url("/after")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
-        gw.metric("gateway_limit_conn_rejected_total{zone=\"conn_per_ip\"}")
-            .await,
+        gw.wait_metric(
+            "gateway_limit_conn_rejected_total{zone=\"conn_per_ip\"}",
+            1.0
+        )
+        .await,
         Some(1.0)
     );
 }
@@ -221,7 +224,7 @@ routes:
         assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
     }
     assert_eq!(
-        gw.metric("gateway_ratelimit_dry_run_total{zone=\"z\"}")
+        gw.wait_metric("gateway_ratelimit_dry_run_total{zone=\"z\"}", 3.0)
             .await,
         Some(3.0)
     );

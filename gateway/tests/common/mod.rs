@@ -248,6 +248,20 @@ impl GatewayProcess {
         metric_value(&text, series)
     }
 
+    /// Waits (bounded by 5 s) until `series` equals `expected`; returns its last value. Request
+    /// metrics are recorded in Pingora's `logging()` hook, just after the client got its response,
+    /// so a scrape right after a response may not include that request yet.
+    pub async fn wait_metric(&self, series: &str, expected: f64) -> Option<f64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.metric(series).await;
+            if v == Some(expected) || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// GET `/status` as JSON.
     pub async fn status(&self) -> serde_json::Value {
         client()
