@@ -36,3 +36,19 @@ fn main() -> anyhow::Result<()> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_subcommand_has_unique_flags() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::parse_from(["backend", "reservations", "--hold-ttl-ms", "1500"]);
+        match cli.command {
+            Command::Reservations(args) => assert_eq!(args.hold_ttl_ms, 1500),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+}
