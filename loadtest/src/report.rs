@@ -91,7 +91,7 @@ fn cell(s: &str, max: usize) -> String {
 /// final summary line.
 pub fn render_table(reports: &[ScenarioReport]) -> String {
     const HEAD: [&str; 5] = ["scenario", "check", "expected", "measured", "verdict"];
-    const MAX: [usize; 5] = [20, 44, 40, 60, 7];
+    const MAX: [usize; 5] = [20, 48, 64, 64, 7];
     let mut rows: Vec<[String; 5]> = Vec::new();
     for r in reports {
         for c in &r.checks {
