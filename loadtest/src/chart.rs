@@ -180,14 +180,14 @@ impl StackedChart {
             );
         }
         // Markers.
-        for (mx, label) in &self.markers {
+        for (mi, (mx, label)) in self.markers.iter().enumerate() {
             let xx = LEFT + mx / x_span.max(1e-9) * plot_w;
             let _ = writeln!(
                 o,
                 r##"<line x1="{xx:.1}" y1="{TOP}" x2="{xx:.1}" y2="{:.1}" stroke="#333" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" font-size="11">{}</text>"##,
                 TOP + plot_h,
                 xx + 3.0,
-                TOP + 12.0,
+                TOP + 12.0 + 14.0 * (mi % 4) as f64,
                 escape(label)
             );
         }

@@ -121,7 +121,8 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
     let marks = result?;
 
     let at = |i: Option<Instant>| i.map(|i| i.saturating_duration_since(t0));
-    let fault_start = marks.fault.saturating_duration_since(t0);
+    // Reads sent once the injection began count as "during the fault".
+    let fault_start = marks.inject_start.saturating_duration_since(t0);
     let detect = at(marks.detected);
     let healthy = at(marks.healthy);
     let end_of_fault = healthy.unwrap_or(Duration::MAX);
@@ -284,6 +285,7 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
 
 /// Moments of the fault, for the report.
 struct Marks {
+    inject_start: Instant,
     fault: Instant,
     inject_took: Duration,
     detected: Option<Instant>,
@@ -310,11 +312,13 @@ async fn measure(
         tokio::spawn(async move { wait_state(&ctx, &server, false, Duration::from_secs(40)).await })
     };
     let inject_start = Instant::now();
+    let mut fault_at = None;
     match mode {
         Mode::Chaos => {
             ctx.restorer
                 .push(RestoreAction::ChaosReset(victim.to_owned()))
                 .await;
+            fault_at = Some(Instant::now());
             stack.chaos(victim, json!({"down": true})).await?;
             r.figure("fault", format!("chaos down on {victim}"));
         }
@@ -337,6 +341,7 @@ async fn measure(
             let log = ctx.opts.out_dir.join("replica-respawn.log");
             r.figure("fault", format!("kill -9 {pid} ({})", spec.render()));
             ctx.restorer.push(RestoreAction::Respawn(spec, log)).await;
+            fault_at = Some(Instant::now());
             faults::kill_hard(pid).await?;
         }
         Mode::Compose => {
@@ -357,9 +362,10 @@ async fn measure(
             );
         }
     }
-    // The fault is in place once the injecting command returned (a compose stop drains first).
-    let fault = Instant::now();
-    let inject_took = fault - inject_start;
+    // The fault starts when the chaos switch or the kill is sent; for a compose stop (which
+    // drains the service first) when the command returned.
+    let fault = fault_at.unwrap_or_else(Instant::now);
+    let inject_took = inject_start.elapsed();
     let detected = watcher.await.ok().flatten().map(|d| d.max(fault));
     // Keep the fault (and the load) a while after detection.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -404,6 +410,7 @@ async fn measure(
     // A little steady state after recovery.
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(Marks {
+        inject_start,
         fault,
         inject_took,
         detected,
