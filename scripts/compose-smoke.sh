@@ -17,7 +17,9 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-export COMPOSE_FILE="$ROOT/docker-compose.yml"
+# The scenarios' own `docker compose stop/start` calls find the project through this variable
+# (a caller may set it, e.g. to add an override file: COMPOSE_FILE=a.yml:b.yml).
+export COMPOSE_FILE=${COMPOSE_FILE:-$ROOT/docker-compose.yml}
 HEALTH_WAIT_SECS=${HEALTH_WAIT_SECS:-180}
 GATEWAY_PORT=${GATEWAY_PORT:-80}
 GATEWAY="http://127.0.0.1:$GATEWAY_PORT"
@@ -211,7 +213,7 @@ if [ "${SKIP_SCENARIOS:-0}" != 1 ]; then
     loadtest="$TARGET_DIR/release/loadtest"
   fi
   mkdir -p "$TARGET_DIR"
-  timeout 1200 "$loadtest" scenario all --compose --compose-file "$COMPOSE_FILE" \
-    --gateway "$GATEWAY" --json "$TARGET_DIR/loadtest-compose.json" || die "loadtest scenarios failed"
+  timeout 1200 "$loadtest" scenario all --compose --gateway "$GATEWAY" \
+    --json "$TARGET_DIR/loadtest-compose.json" || die "loadtest scenarios failed"
   done_step "loadtest scenarios"
 fi
