@@ -159,6 +159,10 @@ esac
 curl -fsS --max-time 5 -o /dev/null "$ADMIN/status" || die "GET $ADMIN/status failed"
 log "GET admin /status: 200"
 
+uid=$(compose exec -T gateway id -u | tr -d '\r') || die "compose exec gateway id -u failed"
+[ "$uid" != 0 ] || die "the gateway runs as root"
+log "gateway runs as uid $uid and serves port 80"
+
 # Live reload: SIGHUP while one keep-alive connection sends requests. Every request must answer
 # 200 on that same connection (curl reports a new connect if the gateway had closed it), and the
 # reload must be counted as ok. The requests go to the gateway's own /health so that they do not
