@@ -45,15 +45,55 @@ enum Mode {
     Delaying,
 }
 
-/// One zone + location + schedule.
-struct Scenario {
-    name: &'static str,
+/// What a zone is keyed on.
+#[derive(Debug, Clone, Copy)]
+enum Key {
+    /// The client address (`$binary_remote_addr` / `client_ip`).
+    Ip,
+    /// The `X-K` request header (`$http_x_k` / `header:X-K`).
+    Header,
+}
+
+/// One `limit_req` of a location: its zone's rate and key, and the location's burst and mode.
+struct Limit {
     /// Requests per second.
     rate_rps: u64,
     burst: u64,
     mode: Mode,
-    /// (offset from start in ms, simultaneous requests).
-    batches: &'static [(u64, usize)],
+    key: Key,
+}
+
+/// A batch of simultaneous requests.
+struct Batch {
+    /// Offset from the start of the schedule.
+    at_ms: u64,
+    count: usize,
+    /// Each request sends its own `X-K` value (else all send the same one).
+    distinct_header: bool,
+}
+
+const fn batch(at_ms: u64, count: usize) -> Batch {
+    Batch {
+        at_ms,
+        count,
+        distinct_header: false,
+    }
+}
+
+const fn limit(rate_rps: u64, burst: u64, mode: Mode) -> Limit {
+    Limit {
+        rate_rps,
+        burst,
+        mode,
+        key: Key::Ip,
+    }
+}
+
+/// Zones + one location + a schedule.
+struct Scenario {
+    name: &'static str,
+    limits: &'static [Limit],
+    batches: &'static [Batch],
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -63,30 +103,58 @@ const SCENARIOS: &[Scenario] = &[
     // t=3600: 3000 − 200 + 1000 = 3800, 4800 pass; 5800 reject.
     Scenario {
         name: "nodelay",
-        rate_rps: 2,
-        burst: 5,
-        mode: Mode::NoDelay,
-        batches: &[(0, 15), (750, 2), (3500, 4), (3600, 3)],
+        limits: &[limit(2, 5, Mode::NoDelay)],
+        batches: &[batch(0, 15), batch(750, 2), batch(3500, 4), batch(3600, 3)],
     },
     // delay=3: 0,1000,2000,3000 at once; 4000 → 500 ms; 5000 → 1000 ms; 6000 rejected.
     // t=1800: 5000 − 3600 + 1000 = 2400 at once; 3400 → 200 ms; 4400 → 700 ms.
     Scenario {
         name: "delay3",
-        rate_rps: 2,
-        burst: 5,
-        mode: Mode::Delay(3),
-        batches: &[(0, 7), (1800, 3)],
+        limits: &[limit(2, 5, Mode::Delay(3))],
+        batches: &[batch(0, 7), batch(1800, 3)],
     },
     // No nodelay at 5r/s burst 3: delays 0, 200, 400, 600, then rejected.
     // t=1500: drained → 0 ms, 200 ms.
     Scenario {
         name: "delaying",
-        rate_rps: 5,
-        burst: 3,
-        mode: Mode::Delaying,
-        batches: &[(0, 5), (1500, 2)],
+        limits: &[limit(5, 3, Mode::Delaying)],
+        batches: &[batch(0, 5), batch(1500, 2)],
+    },
+    // Two limits: per client (1r/s burst 3) then per X-K header (1r/s burst 0). At t=0 four
+    // requests share one X-K: the first passes, the header limit rejects three, and those must not
+    // be charged to the client limit. At t=100 four requests with fresh X-K values: the client
+    // limit, still at 0 (900, 1900, 2900 pass; 3900 rejected). Had the rejections been charged
+    // (3000) all four would be rejected.
+    Scenario {
+        name: "multi",
+        limits: &[
+            limit(1, 3, Mode::NoDelay),
+            Limit {
+                rate_rps: 1,
+                burst: 0,
+                mode: Mode::NoDelay,
+                key: Key::Header,
+            },
+        ],
+        batches: &[
+            batch(0, 4),
+            Batch {
+                at_ms: 100,
+                count: 4,
+                distinct_header: true,
+            },
+        ],
     },
 ];
+
+/// The `X-K` value of request `j` of batch `i`.
+fn header_value(b: &Batch, i: usize, j: usize) -> String {
+    if b.distinct_header {
+        format!("k-{i}-{j}")
+    } else {
+        "shared".to_string()
+    }
+}
 
 /// What one batch gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,10 +165,10 @@ struct BatchOutcome {
     delays_ms: Vec<u64>,
 }
 
-impl Scenario {
-    fn rule(&self) -> LimitReqRule {
+impl Limit {
+    fn rule(&self, zone: &str) -> LimitReqRule {
         LimitReqRule {
-            zone: self.name.to_string(),
+            zone: zone.to_string(),
             burst: self.burst,
             nodelay: matches!(self.mode, Mode::NoDelay),
             delay: match self.mode {
@@ -111,10 +179,13 @@ impl Scenario {
         }
     }
 
-    fn zone(&self) -> ReqZone {
+    fn zone(&self, name: &str) -> ReqZone {
         ReqZone::new(&LimitReqZone {
-            name: self.name.to_string(),
-            key: LimitKey::ClientIp,
+            name: name.to_string(),
+            key: match self.key {
+                Key::Ip => LimitKey::ClientIp,
+                Key::Header => LimitKey::Header("x-k".to_string()),
+            },
             rate: Rate {
                 milli_per_sec: self.rate_rps * 1000,
             },
@@ -122,55 +193,100 @@ impl Scenario {
         })
     }
 
-    fn nginx_directive(&self) -> String {
-        let extra = match self.mode {
+    fn nginx_zone(&self, zone: &str) -> String {
+        let key = match self.key {
+            Key::Ip => "$binary_remote_addr",
+            Key::Header => "$http_x_k",
+        };
+        format!(
+            "    limit_req_zone {key} zone={zone}:1m rate={}r/s;\n",
+            self.rate_rps
+        )
+    }
+
+    fn nginx_directive(&self, zone: &str) -> String {
+        let mode = match self.mode {
             Mode::NoDelay => " nodelay".to_string(),
             Mode::Delay(n) => format!(" delay={n}"),
             Mode::Delaying => String::new(),
         };
-        format!(
-            "limit_req zone={} burst={}{};",
-            self.name, self.burst, extra
-        )
+        // NGINX refuses `burst=0`; leaving it out means 0.
+        let burst = if self.burst == 0 {
+            String::new()
+        } else {
+            format!(" burst={}", self.burst)
+        };
+        format!("limit_req zone={zone}{burst}{mode}; ")
     }
 
-    fn gateway_rule_yaml(&self) -> String {
+    fn gateway_zone_yaml(&self, zone: &str) -> String {
+        let key = match self.key {
+            Key::Ip => "client_ip",
+            Key::Header => "\"header:X-K\"",
+        };
+        format!("  {zone}: {{ key: {key}, rate: {}r/s }}\n", self.rate_rps)
+    }
+
+    fn gateway_rule_yaml(&self, zone: &str) -> String {
         let extra = match self.mode {
             Mode::NoDelay => ", nodelay: true".to_string(),
             Mode::Delay(n) => format!(", delay: {n}"),
             Mode::Delaying => String::new(),
         };
-        format!("{{ zone: {}, burst: {}{} }}", self.name, self.burst, extra)
+        format!("      - {{ zone: {zone}, burst: {}{extra} }}\n", self.burst)
+    }
+}
+
+impl Scenario {
+    /// Zone name of limit `i`.
+    fn zone_name(&self, i: usize) -> String {
+        format!("{}_{i}", self.name)
     }
 
     /// Replays the schedule through the model on a virtual clock; `shift` moves batch `i` by
     /// `shift[i]` ms and `spread` spaces the requests of a batch.
     fn model(&self, shift: &[i64], spread: u64) -> Vec<BatchOutcome> {
-        let zone = self.zone();
-        let rule = self.rule();
-        let key = LimitKeyValue::Ip(1);
-        // Start well after the zone epoch so negative shifts stay on the zone clock.
+        let zones: Vec<ReqZone> = self
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l.zone(&self.zone_name(i)))
+            .collect();
+        let rules: Vec<LimitReqRule> = self
+            .limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| l.rule(&self.zone_name(i)))
+            .collect();
+        // Start well after the zone epochs so negative shifts stay on the zone clock.
         let base = Instant::now() + Duration::from_secs(1);
         self.batches
             .iter()
             .enumerate()
-            .map(|(i, &(offset, count))| {
-                let start = offset as i64 + shift.get(i).copied().unwrap_or(0);
+            .map(|(i, b)| {
+                let start = b.at_ms as i64 + shift.get(i).copied().unwrap_or(0);
                 let mut out = BatchOutcome {
                     passed: 0,
                     rejected: 0,
                     delays_ms: Vec::new(),
                 };
-                for j in 0..count {
+                for j in 0..b.count {
                     let at = base + Duration::from_millis(start.max(0) as u64 + j as u64 * spread);
-                    match check(
-                        &[ReqCheck {
-                            zone: &zone,
-                            key,
-                            rule: &rule,
-                        }],
-                        at,
-                    ) {
+                    let header = header_value(b, i, j);
+                    let checks: Vec<ReqCheck<'_>> = self
+                        .limits
+                        .iter()
+                        .enumerate()
+                        .map(|(n, l)| ReqCheck {
+                            zone: &zones[n],
+                            key: match l.key {
+                                Key::Ip => LimitKeyValue::Ip(1),
+                                Key::Header => LimitKeyValue::Header(header.as_bytes()),
+                            },
+                            rule: &rules[n],
+                        })
+                        .collect();
+                    match check(&checks, at) {
                         ReqDecision::Pass { delay, .. } => {
                             out.passed += 1;
                             out.delays_ms.push(delay.as_millis() as u64);
@@ -274,14 +390,14 @@ impl Nginx {
             std::fs::create_dir_all(root.join("html").join(s.name)).expect("html dir");
             std::fs::write(root.join("html").join(s.name).join("index.html"), "ok\n")
                 .expect("index");
-            zones.push_str(&format!(
-                "    limit_req_zone $binary_remote_addr zone={}:1m rate={}r/s;\n",
-                s.name, s.rate_rps
-            ));
+            let mut directives = String::new();
+            for (i, l) in s.limits.iter().enumerate() {
+                zones.push_str(&l.nginx_zone(&s.zone_name(i)));
+                directives.push_str(&l.nginx_directive(&s.zone_name(i)));
+            }
             locations.push_str(&format!(
-                "        location /{}/ {{ {} }}\n",
-                s.name,
-                s.nginx_directive()
+                "        location /{}/ {{ {directives}}}\n",
+                s.name
             ));
         }
         std::fs::create_dir_all(root.join("tmp")).expect("tmp dir");
@@ -379,14 +495,14 @@ async fn replay_http(
     let url = format!("{base_url}/{}/index.html", s.name);
     let start = tokio::time::Instant::now();
     let mut batches = Vec::new();
-    for &(offset, count) in s.batches {
-        tokio::time::sleep_until(start + Duration::from_millis(offset)).await;
-        let mut tasks = Vec::with_capacity(count);
-        for _ in 0..count {
-            let (client, url) = (client.clone(), url.clone());
+    for (i, b) in s.batches.iter().enumerate() {
+        tokio::time::sleep_until(start + Duration::from_millis(b.at_ms)).await;
+        let mut tasks = Vec::with_capacity(b.count);
+        for j in 0..b.count {
+            let req = client.get(&url).header("x-k", header_value(b, i, j));
             tasks.push(tokio::spawn(async move {
                 let sent = Instant::now();
-                let resp = client.get(&url).send().await.expect("request");
+                let resp = req.send().await.expect("request");
                 let status = resp.status().as_u16();
                 let retry_after = resp
                     .headers()
@@ -446,20 +562,21 @@ async fn replay_http(
 fn gateway_yaml(upstream: std::net::SocketAddr) -> String {
     let mut y = String::from("limit_req_status: 429\nlimit_req_zones:\n");
     for s in SCENARIOS {
-        y.push_str(&format!(
-            "  {}: {{ key: client_ip, rate: {}r/s }}\n",
-            s.name, s.rate_rps
-        ));
+        for (i, l) in s.limits.iter().enumerate() {
+            y.push_str(&l.gateway_zone_yaml(&s.zone_name(i)));
+        }
     }
     y.push_str(&format!(
         "upstreams:\n  u:\n    servers: [\"{upstream}\"]\n    max_inflight: 200\nroutes:\n"
     ));
     for s in SCENARIOS {
         y.push_str(&format!(
-            "  - path_prefix: /{}/\n    upstream: u\n    limit_req:\n      - {}\n",
-            s.name,
-            s.gateway_rule_yaml()
+            "  - path_prefix: /{}/\n    upstream: u\n    limit_req:\n",
+            s.name
         ));
+        for (i, l) in s.limits.iter().enumerate() {
+            y.push_str(&l.gateway_rule_yaml(&s.zone_name(i)));
+        }
     }
     y
 }

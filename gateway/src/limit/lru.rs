@@ -36,15 +36,16 @@ pub(crate) struct KeyLru<V> {
 }
 
 impl<V> KeyLru<V> {
-    /// An empty map for at most `cap` entries (at least 1, at most [`MAX_CAPACITY`]).
-    pub(crate) fn new(cap: usize) -> Self {
+    /// An empty map for at most `cap` entries (at least 1, at most [`MAX_CAPACITY`]). Callers pass
+    /// each key's hash, which must be `hasher.hash_one(key)` (the map rehashes with `hasher`).
+    pub(crate) fn new(cap: usize, hasher: ahash::RandomState) -> Self {
         KeyLru {
             table: HashTable::new(),
             slots: Vec::new(),
             head: NIL,
             tail: NIL,
             cap: cap.clamp(1, MAX_CAPACITY),
-            hasher: ahash::RandomState::new(),
+            hasher,
         }
     }
 
@@ -68,8 +69,13 @@ impl<V> KeyLru<V> {
         }
     }
 
-    fn find(&self, key: KeyRef<'_>) -> Option<u32> {
-        let hash = self.hasher.hash_one(key);
+    /// The hash callers pass along with `key`.
+    #[cfg(test)]
+    pub(crate) fn hash_of(&self, key: KeyRef<'_>) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn find(&self, hash: u64, key: KeyRef<'_>) -> Option<u32> {
         let slots = &self.slots;
         self.table
             .find(hash, |&i| slots[i as usize].key.as_key_ref() == key)
@@ -77,17 +83,20 @@ impl<V> KeyLru<V> {
     }
 
     /// The value of `key`, marking it most recently used.
-    pub(crate) fn get_mut(&mut self, key: KeyRef<'_>) -> Option<&mut V> {
-        let idx = self.find(key)?;
-        self.unlink(idx);
-        self.push_front(idx);
+    pub(crate) fn get_mut(&mut self, hash: u64, key: KeyRef<'_>) -> Option<&mut V> {
+        let idx = self.find(hash, key)?;
+        if self.head != idx {
+            self.unlink(idx);
+            self.push_front(idx);
+        }
         Some(&mut self.slots[idx as usize].value)
     }
 
     /// The value of `key` without changing its recency.
     #[cfg(test)]
     pub(crate) fn peek(&self, key: KeyRef<'_>) -> Option<&V> {
-        self.find(key).map(|i| &self.slots[i as usize].value)
+        self.find(self.hash_of(key), key)
+            .map(|i| &self.slots[i as usize].value)
     }
 
     /// The least recently used entry.
@@ -98,7 +107,12 @@ impl<V> KeyLru<V> {
 
     /// Inserts `key`, which must not be present, as the most recently used entry; when the map is
     /// full the least recently used entry is evicted and returned.
-    pub(crate) fn insert_new(&mut self, key: KeyRef<'_>, value: V) -> Option<(OwnedKey, V)> {
+    pub(crate) fn insert_new(
+        &mut self,
+        hash: u64,
+        key: KeyRef<'_>,
+        value: V,
+    ) -> Option<(OwnedKey, V)> {
         let evicted = if self.slots.len() >= self.cap {
             self.pop_lru()
         } else {
@@ -111,7 +125,6 @@ impl<V> KeyLru<V> {
             prev: NIL,
             next: NIL,
         });
-        let hash = self.hasher.hash_one(key);
         let (slots, hasher) = (&self.slots, &self.hasher);
         self.table.insert_unique(hash, idx, |&i| {
             hasher.hash_one(slots[i as usize].key.as_key_ref())
@@ -123,7 +136,7 @@ impl<V> KeyLru<V> {
     /// Removes `key`, returning its value.
     #[cfg(test)]
     pub(crate) fn remove(&mut self, key: KeyRef<'_>) -> Option<V> {
-        let idx = self.find(key)?;
+        let idx = self.find(self.hash_of(key), key)?;
         Some(self.remove_at(idx).1)
     }
 
@@ -225,13 +238,18 @@ mod tests {
 
     #[test]
     fn evicts_least_recently_used() {
-        let mut m = KeyLru::new(3);
+        let mut m = KeyLru::new(3, ahash::RandomState::new());
         for i in 0..3u128 {
-            assert!(m.insert_new(KeyRef::Ip(i), i as u32).is_none());
+            assert!(m
+                .insert_new(m.hash_of(KeyRef::Ip(i)), KeyRef::Ip(i), i as u32)
+                .is_none());
         }
         // Touch 0 so 1 becomes the least recently used.
-        assert_eq!(m.get_mut(KeyRef::Ip(0)).copied(), Some(0));
-        let evicted = m.insert_new(KeyRef::Ip(3), 3);
+        assert_eq!(
+            m.get_mut(m.hash_of(KeyRef::Ip(0)), KeyRef::Ip(0)).copied(),
+            Some(0)
+        );
+        let evicted = m.insert_new(m.hash_of(KeyRef::Ip(3)), KeyRef::Ip(3), 3);
         assert!(matches!(evicted, Some((OwnedKey::Ip(1), 1))));
         assert_eq!(m.len(), 3);
         assert!(m.peek(KeyRef::Ip(1)).is_none());
@@ -240,9 +258,9 @@ mod tests {
 
     #[test]
     fn remove_keeps_links_and_table_consistent() {
-        let mut m = KeyLru::new(100);
+        let mut m = KeyLru::new(100, ahash::RandomState::new());
         for i in 0..50u128 {
-            m.insert_new(KeyRef::Ip(i), i as u32);
+            m.insert_new(m.hash_of(KeyRef::Ip(i)), KeyRef::Ip(i), i as u32);
         }
         for i in (0..50u128).step_by(3) {
             assert_eq!(m.remove(KeyRef::Ip(i)), Some(i as u32));
@@ -257,12 +275,20 @@ mod tests {
 
     #[test]
     fn bytes_keys_and_shrinking() {
-        let mut m = KeyLru::new(10);
+        let mut m = KeyLru::new(10, ahash::RandomState::new());
         for i in 0..10u32 {
             let k = format!("key-{i}");
-            m.insert_new(KeyRef::Bytes(k.as_bytes()), i);
+            m.insert_new(
+                m.hash_of(KeyRef::Bytes(k.as_bytes())),
+                KeyRef::Bytes(k.as_bytes()),
+                i,
+            );
         }
-        assert_eq!(m.get_mut(KeyRef::Bytes(b"key-0")).copied(), Some(0));
+        assert_eq!(
+            m.get_mut(m.hash_of(KeyRef::Bytes(b"key-0")), KeyRef::Bytes(b"key-0"))
+                .copied(),
+            Some(0)
+        );
         m.set_cap(2);
         assert_eq!(m.len(), 2);
         assert!(m.peek(KeyRef::Bytes(b"key-0")).is_some());

@@ -59,7 +59,8 @@ pub struct ReqZone {
     max_keys: AtomicUsize,
     epoch: Instant,
     shards: Box<[Mutex<KeyLru<ReqNode>>]>,
-    shard_hasher: ahash::RandomState,
+    /// Hashes keys once per decision: bits 32.. pick the shard, the shard's table uses the hash.
+    hasher: ahash::RandomState,
 }
 
 impl std::fmt::Debug for ReqZone {
@@ -93,6 +94,7 @@ impl ReqZone {
     fn with_epoch(cfg: &LimitReqZone, epoch: Instant) -> Self {
         let max_keys = cfg.max_keys.max(1);
         let n = shard_count(max_keys, &cfg.key);
+        let hasher = ahash::RandomState::new();
         ReqZone {
             name: cfg.name.as_str().into(),
             key: cfg.key.clone(),
@@ -100,9 +102,9 @@ impl ReqZone {
             max_keys: AtomicUsize::new(max_keys),
             epoch,
             shards: (0..n)
-                .map(|_| Mutex::new(KeyLru::new(max_keys / n)))
+                .map(|_| Mutex::new(KeyLru::new(max_keys / n, hasher.clone())))
                 .collect(),
-            shard_hasher: ahash::RandomState::new(),
+            hasher,
         }
     }
 
@@ -114,11 +116,12 @@ impl ReqZone {
             let mut old_lru = shard.lock();
             for (key, node) in old_lru.drain_lru_first() {
                 let k = key.as_key_ref();
-                let mut new_lru = zone.shard_for(k).lock();
-                match new_lru.get_mut(k) {
+                let (shard, hash) = zone.shard_for(k);
+                let mut new_lru = shard.lock();
+                match new_lru.get_mut(hash, k) {
                     Some(slot) => *slot = node,
                     None => {
-                        new_lru.insert_new(k, node);
+                        new_lru.insert_new(hash, k, node);
                     }
                 }
             }
@@ -182,13 +185,12 @@ impl ReqZone {
         now.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    fn shard_for(&self, key: KeyRef<'_>) -> &Mutex<KeyLru<ReqNode>> {
-        let i = if self.shards.len() == 1 {
-            0
-        } else {
-            (self.shard_hasher.hash_one(key) as usize) & (self.shards.len() - 1)
-        };
-        &self.shards[i]
+    /// The shard holding `key`, and the key's hash.
+    fn shard_for(&self, key: KeyRef<'_>) -> (&Mutex<KeyLru<ReqNode>>, u64) {
+        let hash = self.hasher.hash_one(key);
+        // Bits 32.. : hashbrown takes bucket indices from the low bits and its tag from the top 7.
+        let i = ((hash >> 32) as usize) & (self.shards.len() - 1);
+        (&self.shards[i], hash)
     }
 }
 
@@ -204,18 +206,42 @@ pub(crate) fn elapsed_ms(now: u64, last: u64) -> i64 {
     }
 }
 
-/// NGINX: `excess = lr->excess - ctx->rate * ms / 1000 + 1000`, clamped at 0.
+/// `floor(a · b / d)` without overflow (64-bit fast path; 128-bit only when the product needs it).
+fn mul_div(a: u64, b: u64, d: u64) -> u64 {
+    let d = d.max(1);
+    match a.checked_mul(b) {
+        Some(p) => p / d,
+        None => u64::try_from(u128::from(a) * u128::from(b) / u128::from(d)).unwrap_or(u64::MAX),
+    }
+}
+
+/// `ceil(a · b / d)` without overflow.
+fn mul_div_ceil(a: u64, b: u64, d: u64) -> u64 {
+    let d = d.max(1);
+    match a.checked_mul(b) {
+        Some(p) => p.div_ceil(d),
+        None => u64::try_from((u128::from(a) * u128::from(b)).div_ceil(u128::from(d)))
+            .unwrap_or(u64::MAX),
+    }
+}
+
+/// NGINX: `excess = lr->excess - ctx->rate * ms / 1000 + 1000`, clamped at 0 (`ms` as returned
+/// by [`elapsed_ms`], never negative).
 pub(crate) fn leaked_excess(excess: u64, rate: u64, ms: i64) -> u64 {
-    let e = i128::from(excess) - i128::from(rate) * i128::from(ms) / 1000 + 1000;
-    u64::try_from(e.max(0)).unwrap_or(u64::MAX)
+    let leaked = mul_div(rate, ms.max(0) as u64, 1000);
+    excess.saturating_add(1000).saturating_sub(leaked)
 }
 
 /// Milliseconds from `now` until `floor(rate · ms / 1000) >= drop` where `ms` counts from
 /// `node.last`: the time until the stored excess has leaked by `drop` milli-requests.
 fn ms_until_leaked(node: ReqNode, now: u64, rate: u64, drop: u64) -> u64 {
-    let needed = (u128::from(drop) * 1000).div_ceil(u128::from(rate.max(1)));
-    let raw = i128::from(now.wrapping_sub(node.last) as i64);
-    u64::try_from((needed as i128 - raw).max(0)).unwrap_or(u64::MAX)
+    let needed = mul_div_ceil(drop, 1000, rate);
+    let raw = now.wrapping_sub(node.last) as i64;
+    if raw >= 0 {
+        needed.saturating_sub(raw as u64)
+    } else {
+        needed.saturating_add(raw.unsigned_abs())
+    }
 }
 
 fn ceil_secs(ms: u64) -> u64 {
@@ -233,7 +259,7 @@ fn expire_idle(lru: &mut KeyLru<ReqNode>, now: u64, rate: u64) {
         if ms < 60000 {
             return;
         }
-        if i128::from(node.excess) - i128::from(rate) * i128::from(ms) / 1000 > 0 {
+        if node.excess > mul_div(rate, ms, 1000) {
             return;
         }
         lru.pop_lru();
@@ -308,10 +334,7 @@ impl Limits {
     }
 
     fn window_secs(&self) -> u64 {
-        ceil_secs(
-            u64::try_from((u128::from(self.quota()) * 1_000_000).div_ceil(u128::from(self.rate)))
-                .unwrap_or(u64::MAX),
-        )
+        ceil_secs(mul_div_ceil(self.quota(), 1_000_000, self.rate))
     }
 
     /// NGINX's `ngx_http_limit_req_account` delay for an accepted excess, in ms.
@@ -319,8 +342,7 @@ impl Limits {
         if excess <= self.delay {
             0
         } else {
-            u64::try_from(u128::from(excess - self.delay) * 1000 / u128::from(self.rate))
-                .unwrap_or(u64::MAX)
+            mul_div(excess - self.delay, 1000, self.rate)
         }
     }
 }
@@ -412,44 +434,45 @@ trait LockedShards {
     fn store(&mut self, i: usize, node: ReqNode, rate: u64);
 }
 
-fn store_in(lru: &mut KeyLru<ReqNode>, key: KeyRef<'_>, node: ReqNode, rate: u64) {
-    match lru.get_mut(key) {
+fn store_in(lru: &mut KeyLru<ReqNode>, hash: u64, key: KeyRef<'_>, node: ReqNode, rate: u64) {
+    match lru.get_mut(hash, key) {
         Some(slot) => *slot = node,
         None => {
             expire_idle(lru, node.last, rate);
-            lru.insert_new(key, node);
+            lru.insert_new(hash, key, node);
         }
     }
 }
 
 struct OneShard<'z, 'k> {
     guard: MutexGuard<'z, KeyLru<ReqNode>>,
+    hash: u64,
     key: KeyRef<'k>,
 }
 
 impl LockedShards for OneShard<'_, '_> {
     fn lookup(&mut self, _: usize) -> Option<ReqNode> {
-        self.guard.get_mut(self.key).copied()
+        self.guard.get_mut(self.hash, self.key).copied()
     }
     fn store(&mut self, _: usize, node: ReqNode, rate: u64) {
-        store_in(&mut self.guard, self.key, node, rate);
+        store_in(&mut self.guard, self.hash, self.key, node, rate);
     }
 }
 
 struct ManyShards<'z, 'k> {
     guards: Vec<MutexGuard<'z, KeyLru<ReqNode>>>,
-    /// Per check: index into `guards` and key.
-    slots: Vec<(usize, KeyRef<'k>)>,
+    /// Per check: index into `guards`, hash and key.
+    slots: Vec<(usize, u64, KeyRef<'k>)>,
 }
 
 impl LockedShards for ManyShards<'_, '_> {
     fn lookup(&mut self, i: usize) -> Option<ReqNode> {
-        let (g, key) = self.slots[i];
-        self.guards[g].get_mut(key).copied()
+        let (g, hash, key) = self.slots[i];
+        self.guards[g].get_mut(hash, key).copied()
     }
     fn store(&mut self, i: usize, node: ReqNode, rate: u64) {
-        let (g, key) = self.slots[i];
-        store_in(&mut self.guards[g], key, node, rate);
+        let (g, hash, key) = self.slots[i];
+        store_in(&mut self.guards[g], hash, key, node, rate);
     }
 }
 
@@ -469,32 +492,39 @@ pub fn check<'a>(checks: &[ReqCheck<'a>], now: Instant) -> ReqDecision<'a> {
         },
         [one] => {
             let key = one.key.as_ref_key();
+            let (shard, hash) = one.zone.shard_for(key);
             let mut locked = OneShard {
-                guard: one.zone.shard_for(key).lock(),
+                guard: shard.lock(),
+                hash,
                 key,
             };
             decide(checks, now, &mut locked)
         }
         many => {
-            let mut order: Vec<(usize, usize)> = many
+            let located: Vec<_> = many
+                .iter()
+                .map(|c| {
+                    let key = c.key.as_ref_key();
+                    let (shard, hash) = c.zone.shard_for(key);
+                    (shard, hash, key)
+                })
+                .collect();
+            let mut order: Vec<(usize, usize)> = located
                 .iter()
                 .enumerate()
-                .map(|(i, c)| {
-                    let shard = c.zone.shard_for(c.key.as_ref_key());
-                    (shard as *const Mutex<KeyLru<ReqNode>> as usize, i)
-                })
+                .map(|(i, (shard, _, _))| (*shard as *const Mutex<KeyLru<ReqNode>> as usize, i))
                 .collect();
             order.sort_unstable();
             let mut guards = Vec::with_capacity(order.len());
-            let mut slots = vec![(0usize, KeyRef::Ip(0)); many.len()];
+            let mut slots = vec![(0usize, 0u64, KeyRef::Ip(0)); many.len()];
             let mut prev_addr = None;
             for &(addr, i) in &order {
+                let (shard, hash, key) = located[i];
                 if prev_addr != Some(addr) {
-                    let key = many[i].key.as_ref_key();
-                    guards.push(many[i].zone.shard_for(key).lock());
+                    guards.push(shard.lock());
                     prev_addr = Some(addr);
                 }
-                slots[i] = (guards.len() - 1, many[i].key.as_ref_key());
+                slots[i] = (guards.len() - 1, hash, key);
             }
             let mut locked = ManyShards { guards, slots };
             decide(checks, now, &mut locked)
@@ -770,7 +800,7 @@ mod tests {
         // A request stamped before `last` (another thread's older clock read) gets ms = 0 and
         // leaves `last` alone, exactly like NGINX.
         let _ = one(&z, &r, 4990);
-        let shard = z.shard_for(KEY.as_ref_key()).lock();
+        let shard = z.shard_for(KEY.as_ref_key()).0.lock();
         assert_eq!(
             shard.peek(KEY.as_ref_key()).copied(),
             Some(ReqNode {
