@@ -121,13 +121,15 @@ impl BenchResult {
             s.push_str(&format!("audit         {a}\n"));
         }
         if let Some(z) = self.zero_oversell {
+            let sold = self
+                .event_after
+                .as_ref()
+                .map_or_else(|| "?".to_owned(), |e| e.sold.to_string());
             s.push_str(&format!(
-                "zero oversell {}\n",
-                if z {
-                    "PASS (sold == confirmed, audit ok)"
-                } else {
-                    "FAIL"
-                }
+                "zero oversell {} (sold {sold}, 201s {}, audit {})\n",
+                if z { "PASS" } else { "FAIL" },
+                self.status_counts.get(201),
+                self.audit.as_deref().unwrap_or("not run")
             ));
         }
         s
@@ -193,11 +195,15 @@ pub async fn reservations(stack: &Stack, b: &ReservationsBench) -> Result<BenchR
         .settled_event(&b.event, Duration::from_secs(15))
         .await
         .ok();
-    let audit = stack.audit(&b.target).await.ok();
+    let audit = stack.audit(&b.target).await;
     let zero = match (&ev, &audit) {
-        (Some(e), Some(a)) => Some(a.ok && e.sold == confirmed && e.balanced()),
+        (Some(e), Ok(a)) => Some(a.ok && e.sold == confirmed && e.balanced()),
         _ => Some(false),
     };
+    let audit = Some(match audit {
+        Ok(a) => a.render(),
+        Err(e) => format!("unavailable: {e}"),
+    });
     Ok(BenchResult {
         target: format!("POST {}/api/reservations (GA, quantity 1)", b.target),
         concurrency: b.concurrency,
@@ -210,7 +216,7 @@ pub async fn reservations(stack: &Stack, b: &ReservationsBench) -> Result<BenchR
         examples: t.examples,
         event_after: ev,
         zero_oversell: zero,
-        audit: audit.map(|a| a.render()),
+        audit,
     })
 }
 

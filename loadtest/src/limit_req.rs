@@ -39,6 +39,7 @@ pub fn parse_rate(s: &str) -> Result<u64, LimitError> {
 
 /// One `limit_req` of a route, joined with its zone's rate.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ZoneLimit {
     /// Zone name (appears in rejection bodies as `zone`).
     pub zone: String,
