@@ -211,10 +211,11 @@ impl Compose {
             if let Some(f) = &self.file {
                 cmd.arg("-f").arg(f);
             }
-            cmd.arg(action).arg(service);
+            cmd.arg(action);
             if action == "stop" {
                 cmd.args(["-t", "2"]);
             }
+            cmd.arg(service);
             let run = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await;
             match run {
                 Ok(Ok(out)) if out.status.success() => return Ok(()),
