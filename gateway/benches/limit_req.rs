@@ -139,6 +139,35 @@ fn decision_cost(c: &mut Criterion) {
         })
     });
 
+    // The same decision when the keys fit in the core's own caches: the compute floor, without
+    // the cache misses that 100k keys spread over the whole table cost.
+    let small = zone("small", 200_000);
+    let few = scattered(1_000);
+    for k in &few {
+        let _ = check(
+            &[ReqCheck {
+                zone: &small,
+                key: *k,
+                rule: &r,
+            }],
+            now,
+        );
+    }
+    group.bench_function("check_one_limit_1k_live_keys", |b| {
+        b.iter(|| {
+            i = (i + 1) % few.len();
+            t += Duration::from_micros(3);
+            black_box(check(
+                &[ReqCheck {
+                    zone: &small,
+                    key: few[i],
+                    rule: &r,
+                }],
+                black_box(t),
+            ))
+        })
+    });
+
     let strict = LimitReqRule {
         burst: 0,
         ..rule("per_ip")

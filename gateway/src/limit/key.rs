@@ -27,7 +27,7 @@ pub enum LimitKeyValue<'a> {
     Global,
 }
 
-impl LimitKeyValue<'_> {
+impl<'a> LimitKeyValue<'a> {
     /// The key of one client IP address.
     pub fn from_ip(ip: IpAddr) -> LimitKeyValue<'static> {
         let v6 = match ip {
@@ -38,7 +38,7 @@ impl LimitKeyValue<'_> {
     }
 
     /// The borrowed form used for hashing and lookups.
-    pub(crate) fn as_ref_key(&self) -> KeyRef<'_> {
+    pub(crate) fn as_ref_key(&self) -> KeyRef<'a> {
         match *self {
             LimitKeyValue::Ip(ip) => KeyRef::Ip(ip),
             LimitKeyValue::Header(bytes) => KeyRef::Bytes(bytes),

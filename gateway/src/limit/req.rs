@@ -459,29 +459,81 @@ impl LockedShards for OneShard<'_, '_> {
     }
 }
 
-struct ManyShards<'z, 'k> {
-    guards: Vec<MutexGuard<'z, KeyLru<ReqNode>>>,
-    /// Per check: index into `guards`, hash and key.
-    slots: Vec<(usize, u64, KeyRef<'k>)>,
+type Guard<'z> = MutexGuard<'z, KeyLru<ReqNode>>;
+
+/// Where check `i` lives: index into the locked guards, hash and key.
+type Slot<'k> = (usize, u64, KeyRef<'k>);
+
+struct ManyShards<'s, 'z, 'k> {
+    guards: &'s mut [Option<Guard<'z>>],
+    slots: &'s [Slot<'k>],
 }
 
-impl LockedShards for ManyShards<'_, '_> {
+impl LockedShards for ManyShards<'_, '_, '_> {
     fn lookup(&mut self, i: usize) -> Option<ReqNode> {
         let (g, hash, key) = self.slots[i];
-        self.guards[g].get_mut(hash, key).copied()
+        self.guards[g].as_mut()?.get_mut(hash, key).copied()
     }
     fn store(&mut self, i: usize, node: ReqNode, rate: u64) {
         let (g, hash, key) = self.slots[i];
-        store_in(&mut self.guards[g], hash, key, node, rate);
+        if let Some(guard) = self.guards[g].as_mut() {
+            store_in(guard, hash, key, node, rate);
+        }
     }
+}
+
+/// Checks up to this many limits without allocating.
+const INLINE_CHECKS: usize = 4;
+
+/// Locks the shards of `checks` in address order (each distinct shard once) into `guards`,
+/// records in `slots` where each check lives, then decides. `order`, `slots` and `guards` have
+/// `checks.len()` entries.
+fn check_many<'a>(
+    checks: &[ReqCheck<'a>],
+    now: Instant,
+    order: &mut [(usize, usize)],
+    slots: &mut [Slot<'a>],
+    guards: &mut [Option<Guard<'a>>],
+) -> ReqDecision<'a> {
+    let mut shards: [Option<&'a Mutex<KeyLru<ReqNode>>>; INLINE_CHECKS] = [None; INLINE_CHECKS];
+    let mut shard_vec = Vec::new();
+    let shard_of: &mut [Option<&'a Mutex<KeyLru<ReqNode>>>] = if checks.len() <= INLINE_CHECKS {
+        &mut shards[..checks.len()]
+    } else {
+        shard_vec.resize(checks.len(), None);
+        &mut shard_vec
+    };
+    for (i, c) in checks.iter().enumerate() {
+        let key = c.key.as_ref_key();
+        let (shard, hash) = c.zone.shard_for(key);
+        shard_of[i] = Some(shard);
+        slots[i] = (0, hash, key);
+        order[i] = (shard as *const Mutex<KeyLru<ReqNode>> as usize, i);
+    }
+    order.sort_unstable();
+    let mut locked = 0usize;
+    let mut prev_addr = None;
+    for &(addr, i) in order.iter() {
+        if prev_addr != Some(addr) {
+            guards[locked] = shard_of[i].map(|s| s.lock());
+            locked += 1;
+            prev_addr = Some(addr);
+        }
+        slots[i].0 = locked - 1;
+    }
+    let mut shards = ManyShards {
+        guards: &mut guards[..locked],
+        slots,
+    };
+    decide(checks, now, &mut shards)
 }
 
 /// Checks a request against all its `limit_req` limits at time `now` and accounts it in every zone
 /// only if no enforcing limit rejects it (see the module docs for the exact arithmetic).
 ///
 /// The shards involved are locked together (in address order, so concurrent checks cannot
-/// deadlock) for the whole check, which makes the check-then-account atomic. One limit costs one
-/// lock and no allocation for a key already tracked; several limits allocate two small vectors.
+/// deadlock) for the whole check, which makes the check-then-account atomic. For a key already
+/// tracked nothing is allocated (up to four limits per route; more use small vectors).
 pub fn check<'a>(checks: &[ReqCheck<'a>], now: Instant) -> ReqDecision<'a> {
     match checks {
         [] => ReqDecision::Pass {
@@ -500,34 +552,25 @@ pub fn check<'a>(checks: &[ReqCheck<'a>], now: Instant) -> ReqDecision<'a> {
             };
             decide(checks, now, &mut locked)
         }
+        many if many.len() <= INLINE_CHECKS => {
+            let n = many.len();
+            let mut order = [(0usize, 0usize); INLINE_CHECKS];
+            let mut slots = [(0usize, 0u64, KeyRef::Ip(0)); INLINE_CHECKS];
+            let mut guards: [Option<Guard<'a>>; INLINE_CHECKS] = [None, None, None, None];
+            check_many(
+                many,
+                now,
+                &mut order[..n],
+                &mut slots[..n],
+                &mut guards[..n],
+            )
+        }
         many => {
-            let located: Vec<_> = many
-                .iter()
-                .map(|c| {
-                    let key = c.key.as_ref_key();
-                    let (shard, hash) = c.zone.shard_for(key);
-                    (shard, hash, key)
-                })
-                .collect();
-            let mut order: Vec<(usize, usize)> = located
-                .iter()
-                .enumerate()
-                .map(|(i, (shard, _, _))| (*shard as *const Mutex<KeyLru<ReqNode>> as usize, i))
-                .collect();
-            order.sort_unstable();
-            let mut guards = Vec::with_capacity(order.len());
-            let mut slots = vec![(0usize, 0u64, KeyRef::Ip(0)); many.len()];
-            let mut prev_addr = None;
-            for &(addr, i) in &order {
-                let (shard, hash, key) = located[i];
-                if prev_addr != Some(addr) {
-                    guards.push(shard.lock());
-                    prev_addr = Some(addr);
-                }
-                slots[i] = (guards.len() - 1, hash, key);
-            }
-            let mut locked = ManyShards { guards, slots };
-            decide(checks, now, &mut locked)
+            let n = many.len();
+            let mut order = vec![(0usize, 0usize); n];
+            let mut slots = vec![(0usize, 0u64, KeyRef::Ip(0)); n];
+            let mut guards: Vec<Option<Guard<'a>>> = (0..n).map(|_| None).collect();
+            check_many(many, now, &mut order, &mut slots, &mut guards)
         }
     }
 }
@@ -538,7 +581,7 @@ fn decide<'a>(
     shards: &mut impl LockedShards,
 ) -> ReqDecision<'a> {
     // Lookup phase: evaluate every limit without accounting anything.
-    let mut looked_small = [(Looked::default(), Limits::default()); 2];
+    let mut looked_small = [(Looked::default(), Limits::default()); INLINE_CHECKS];
     let mut looked_vec = Vec::new();
     let looked: &mut [(Looked, Limits)] = if checks.len() <= looked_small.len() {
         &mut looked_small[..checks.len()]
@@ -993,6 +1036,33 @@ mod tests {
         assert!(matches!(
             check(&pair, at(&z, 600)),
             ReqDecision::Reject { zone: "e", .. }
+        ));
+    }
+
+    #[test]
+    fn many_limits_use_the_allocating_path_with_the_same_semantics() {
+        let a = zone("a", 1000, 10);
+        let b = zone("b", 1000, 10);
+        let loose = rule("a", 10, true, 0);
+        let strict = rule("b", 1, true, 0);
+        let mut checks = Vec::new();
+        for _ in 0..5 {
+            checks.push(ReqCheck {
+                zone: &a,
+                key: KEY,
+                rule: &loose,
+            });
+        }
+        checks.push(ReqCheck {
+            zone: &b,
+            key: KEY,
+            rule: &strict,
+        });
+        assert_eq!(delay_of(&check(&checks, at(&a, 0))), Some(0));
+        assert_eq!(delay_of(&check(&checks, at(&a, 0))), Some(0));
+        assert!(matches!(
+            check(&checks, at(&a, 0)),
+            ReqDecision::Reject { zone: "b", .. }
         ));
     }
 
