@@ -156,6 +156,20 @@ pub fn render_table(reports: &[ScenarioReport]) -> String {
     for r in &rows {
         out.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4]]));
     }
+    // Full text of whatever a cell had to cut: the scenario errors and failed measurements.
+    for r in reports {
+        if let Some(e) = &r.error {
+            out.push_str(&format!("\n{}: {e}", r.name));
+        }
+        for c in r.checks.iter().filter(|c| !c.pass) {
+            if c.measured.chars().count() > MAX[3] {
+                out.push_str(&format!("\n{} / {}: {}", r.name, c.check, c.measured));
+            }
+        }
+    }
+    if out.ends_with(|c: char| c != '\n') {
+        out.push('\n');
+    }
     let passed = reports.iter().filter(|r| r.passed()).count();
     out.push_str(&format!(
         "\n{passed}/{} scenario(s) passed{}\n",
@@ -217,6 +231,9 @@ mod tests {
         assert!(lines[4].contains("31") && lines[4].ends_with("FAIL"));
         assert!(lines[5].contains("connection refused") && lines[5].ends_with("FAIL"));
         assert!(t.contains("1/3 scenario(s) passed — FAIL"));
+        assert!(t.contains(
+            "\nslow-payments: PUT http://127.0.0.1:3002/admin/chaos: connection refused\n"
+        ));
         // Columns line up: "check" starts at the same offset on every row.
         let off = lines[0].find("check").expect("header");
         assert_eq!(&lines[2][off..off + 3], "201");
