@@ -21,39 +21,94 @@
 
 use std::fmt::Write as _;
 
-/// The values of the `RateLimit-Policy` and `RateLimit` header fields for one zone.
+use super::req::{ceil_secs, ms_until_leaked_since, mul_div_ceil};
+
+/// The values of the `RateLimit-Policy` and `RateLimit` header fields for one zone, computed on
+/// demand (only responses that carry them pay for the arithmetic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitHeaders<'a> {
-    /// Policy name: the zone name.
-    pub policy: &'a str,
-    /// Quota: requests an idle client may send at once (`burst + 1`).
-    pub quota: u64,
-    /// Window in seconds in which a whole quota is given back.
-    pub window_secs: u64,
-    /// Requests that would pass now without waiting.
-    pub remaining: u64,
-    /// Seconds until the whole quota is available again.
-    pub reset_secs: u64,
+    policy: &'a str,
+    /// Milli-requests per second.
+    rate: u64,
+    /// Burst in milli-requests.
+    burst: u64,
+    /// The key's stored excess after the decision (milli-requests).
+    excess: u64,
+    /// Milliseconds since that state's `last`.
+    since_last_ms: i64,
+    /// The request was rejected: nothing remains.
+    rejected: bool,
 }
 
-impl RateLimitHeaders<'_> {
+impl<'a> RateLimitHeaders<'a> {
     /// Name of the policy header field.
     pub const POLICY_NAME: &'static str = "ratelimit-policy";
     /// Name of the current-state header field.
     pub const NAME: &'static str = "ratelimit";
 
+    pub(crate) fn new(
+        policy: &'a str,
+        rate: u64,
+        burst: u64,
+        excess: u64,
+        since_last_ms: i64,
+        rejected: bool,
+    ) -> Self {
+        RateLimitHeaders {
+            policy,
+            rate: rate.max(1),
+            burst,
+            excess,
+            since_last_ms,
+            rejected,
+        }
+    }
+
+    /// Policy name: the zone name.
+    pub fn policy(&self) -> &'a str {
+        self.policy
+    }
+
+    /// Quota: requests an idle client may send at once (`burst + 1`).
+    pub fn quota(&self) -> u64 {
+        self.burst / 1000 + 1
+    }
+
+    /// Window in seconds in which a whole quota is given back (`ceil(q / rate)`).
+    pub fn window_secs(&self) -> u64 {
+        ceil_secs(mul_div_ceil(self.quota(), 1_000_000, self.rate))
+    }
+
+    /// Requests that would pass now without waiting.
+    pub fn remaining(&self) -> u64 {
+        if self.rejected {
+            0
+        } else {
+            self.burst.saturating_sub(self.excess) / 1000
+        }
+    }
+
+    /// Seconds until the whole quota is available again (the next request would find excess 0).
+    pub fn reset_secs(&self) -> u64 {
+        ceil_secs(ms_until_leaked_since(
+            self.since_last_ms,
+            self.rate,
+            self.excess.saturating_add(1000),
+        ))
+    }
+
     /// The `RateLimit-Policy` field value, e.g. `"reservations";q=6;w=3`.
     pub fn policy_value(&self) -> String {
         let mut s = sf_string(self.policy);
         // Writing into a String cannot fail.
-        let _ = write!(s, ";q={};w={}", self.quota, self.window_secs);
+        let _ = write!(s, ";q={};w={}", self.quota(), self.window_secs());
         s
     }
 
     /// The `RateLimit` field value, e.g. `"reservations";r=5;t=1`.
     pub fn value(&self) -> String {
         let mut s = sf_string(self.policy);
-        let _ = write!(s, ";r={};t={}", self.remaining, self.reset_secs);
+        let _ = write!(s, ";r={};t={}", self.remaining(), self.reset_secs());
         s
     }
 }
@@ -83,20 +138,18 @@ mod tests {
 
     #[test]
     fn formats_draft_10_fields() {
-        let h = RateLimitHeaders {
-            policy: "reservations",
-            quota: 6,
-            window_secs: 3,
-            remaining: 0,
-            reset_secs: 1,
-        };
+        // 2r/s burst 5, rejected with a full bucket (excess 5000, last just now).
+        let h = RateLimitHeaders::new("reservations", 2000, 5000, 5000, 0, true);
         assert_eq!(h.policy_value(), r#""reservations";q=6;w=3"#);
-        assert_eq!(h.value(), r#""reservations";r=0;t=1"#);
-        let odd = RateLimitHeaders {
-            policy: "a\"b\\c\u{e9}",
-            ..h
-        };
-        assert_eq!(odd.value(), r#""a\"b\\c?";r=0;t=1"#);
+        assert_eq!(h.value(), r#""reservations";r=0;t=3"#);
+        // First request of a fresh key: 5 left, the quota is whole again after 500 ms.
+        let fresh = RateLimitHeaders::new("reservations", 2000, 5000, 0, 0, false);
+        assert_eq!(fresh.value(), r#""reservations";r=5;t=1"#);
+        // 100r/m (1666) burst 20: q = 21, w = ceil(21 / 1.666) = 13.
+        let per_ip = RateLimitHeaders::new("per_ip", 1666, 20_000, 0, 0, false);
+        assert_eq!(per_ip.policy_value(), r#""per_ip";q=21;w=13"#);
+        let odd = RateLimitHeaders::new("a\"b\\c\u{e9}", 2000, 5000, 5000, 0, true);
+        assert_eq!(odd.value(), r#""a\"b\\c?";r=0;t=3"#);
         assert!(http::HeaderValue::from_str(&odd.policy_value()).is_ok());
     }
 }

@@ -216,7 +216,7 @@ fn mul_div(a: u64, b: u64, d: u64) -> u64 {
 }
 
 /// `ceil(a · b / d)` without overflow.
-fn mul_div_ceil(a: u64, b: u64, d: u64) -> u64 {
+pub(crate) fn mul_div_ceil(a: u64, b: u64, d: u64) -> u64 {
     let d = d.max(1);
     match a.checked_mul(b) {
         Some(p) => p.div_ceil(d),
@@ -235,8 +235,12 @@ pub(crate) fn leaked_excess(excess: u64, rate: u64, ms: i64) -> u64 {
 /// Milliseconds from `now` until `floor(rate · ms / 1000) >= drop` where `ms` counts from
 /// `node.last`: the time until the stored excess has leaked by `drop` milli-requests.
 fn ms_until_leaked(node: ReqNode, now: u64, rate: u64, drop: u64) -> u64 {
+    ms_until_leaked_since(now.wrapping_sub(node.last) as i64, rate, drop)
+}
+
+/// [`ms_until_leaked`] for a state whose `last` was `raw` ms before now.
+pub(crate) fn ms_until_leaked_since(raw: i64, rate: u64, drop: u64) -> u64 {
     let needed = mul_div_ceil(drop, 1000, rate);
-    let raw = now.wrapping_sub(node.last) as i64;
     if raw >= 0 {
         needed.saturating_sub(raw as u64)
     } else {
@@ -244,7 +248,7 @@ fn ms_until_leaked(node: ReqNode, now: u64, rate: u64, drop: u64) -> u64 {
     }
 }
 
-fn ceil_secs(ms: u64) -> u64 {
+pub(crate) fn ceil_secs(ms: u64) -> u64 {
     ms.div_ceil(1000)
 }
 
@@ -329,14 +333,6 @@ impl Limits {
         }
     }
 
-    fn quota(&self) -> u64 {
-        self.burst / 1000 + 1
-    }
-
-    fn window_secs(&self) -> u64 {
-        ceil_secs(mul_div_ceil(self.quota(), 1_000_000, self.rate))
-    }
-
     /// NGINX's `ngx_http_limit_req_account` delay for an accepted excess, in ms.
     fn delay_ms(&self, excess: u64) -> u64 {
         if excess <= self.delay {
@@ -394,35 +390,46 @@ impl Looked {
     /// Headers after this request was accounted.
     fn pass_headers<'a>(&self, name: &'a str, l: &Limits) -> RateLimitHeaders<'a> {
         let node = self.committed();
-        RateLimitHeaders {
-            policy: name,
-            quota: l.quota(),
-            window_secs: l.window_secs(),
-            remaining: l.burst.saturating_sub(node.excess) / 1000,
-            reset_secs: ceil_secs(ms_until_leaked(node, self.now, l.rate, node.excess + 1000)),
-        }
+        RateLimitHeaders::new(
+            name,
+            l.rate,
+            l.burst,
+            node.excess,
+            self.now.wrapping_sub(node.last) as i64,
+            false,
+        )
     }
 
-    /// Headers and Retry-After (ms) for a rejection, from the unchanged stored state.
-    fn reject_headers<'a>(&self, name: &'a str, l: &Limits) -> (RateLimitHeaders<'a>, u64) {
-        let node = self.stored.unwrap_or(ReqNode {
+    /// The stored state (a new key's when absent).
+    fn stored_or_new(&self) -> ReqNode {
+        self.stored.unwrap_or(ReqNode {
             excess: 0,
             last: self.now,
-        });
-        let until_pass = ms_until_leaked(
+        })
+    }
+
+    /// Milliseconds until a request with this key would pass this limit (for Retry-After).
+    fn ms_until_pass(&self, l: &Limits) -> u64 {
+        let node = self.stored_or_new();
+        ms_until_leaked(
             node,
             self.now,
             l.rate,
-            (node.excess + 1000).saturating_sub(l.burst),
-        );
-        let headers = RateLimitHeaders {
-            policy: name,
-            quota: l.quota(),
-            window_secs: l.window_secs(),
-            remaining: 0,
-            reset_secs: ceil_secs(ms_until_leaked(node, self.now, l.rate, node.excess + 1000)),
-        };
-        (headers, until_pass)
+            node.excess.saturating_add(1000).saturating_sub(l.burst),
+        )
+    }
+
+    /// Headers for a rejection, from the unchanged stored state.
+    fn reject_headers<'a>(&self, name: &'a str, l: &Limits) -> RateLimitHeaders<'a> {
+        let node = self.stored_or_new();
+        RateLimitHeaders::new(
+            name,
+            l.rate,
+            l.burst,
+            node.excess,
+            self.now.wrapping_sub(node.last) as i64,
+            true,
+        )
     }
 }
 
@@ -594,7 +601,7 @@ fn decide<'a>(
         let limits = Limits::of(c);
         let l = Looked::new(shards.lookup(i), c.zone.now_ms(now), limits.rate);
         if l.excess > limits.burst && !c.rule.dry_run {
-            let (_, wait) = l.reject_headers(c.zone.name(), &limits);
+            let wait = l.ms_until_pass(&limits);
             rejected = Some(match rejected {
                 None => (i, wait),
                 Some((first, longest)) => (first, longest.max(wait)),
@@ -606,7 +613,7 @@ fn decide<'a>(
     if let Some((first, wait)) = rejected {
         let c = &checks[first];
         let (l, limits) = looked[first];
-        let (headers, _) = l.reject_headers(c.zone.name(), &limits);
+        let headers = l.reject_headers(c.zone.name(), &limits);
         return ReqDecision::Reject {
             zone: c.zone.name(),
             retry_after_secs: ceil_secs(wait).max(1),
@@ -639,8 +646,8 @@ fn decide<'a>(
         let tighter = match &rate_limit {
             None => true,
             Some(cur) => {
-                h.remaining < cur.remaining
-                    || (h.remaining == cur.remaining && h.reset_secs > cur.reset_secs)
+                let (r, cr) = (h.remaining(), cur.remaining());
+                r < cr || (r == cr && h.reset_secs() > cur.reset_secs())
             }
         };
         if tighter {
@@ -742,7 +749,7 @@ mod tests {
                 ..
             } => {
                 assert_eq!(
-                    (h.quota, h.window_secs, h.remaining, h.reset_secs),
+                    (h.quota(), h.window_secs(), h.remaining(), h.reset_secs()),
                     (6, 3, 5, 1)
                 );
             }
@@ -753,7 +760,7 @@ mod tests {
                 rate_limit: Some(h),
                 ..
             } => {
-                assert_eq!((h.remaining, h.reset_secs), (0, 3));
+                assert_eq!((h.remaining(), h.reset_secs()), (0, 3));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -767,7 +774,7 @@ mod tests {
                 assert_eq!(*zone, "reservations");
                 assert_eq!(*retry_after_secs, 1);
                 assert_eq!(*excess, 6000);
-                assert_eq!((rate_limit.remaining, rate_limit.reset_secs), (0, 3));
+                assert_eq!((rate_limit.remaining(), rate_limit.reset_secs()), (0, 3));
                 assert_eq!(rate_limit.policy_value(), "\"reservations\";q=6;w=3");
             }
             other => panic!("unexpected {other:?}"),
@@ -909,7 +916,10 @@ mod tests {
                 assert_eq!(delay, Duration::from_millis(1000));
                 assert_eq!(delayed_zone, Some("b"));
                 // The tighter policy is reported: b has 0 left, a has 4.
-                assert_eq!(rate_limit.map(|h| (h.policy, h.remaining)), Some(("b", 0)));
+                assert_eq!(
+                    rate_limit.map(|h| (h.policy(), h.remaining())),
+                    Some(("b", 0))
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -939,7 +949,7 @@ mod tests {
             } => {
                 // Third accounted request in a: excess 2000 → 1000 ms, 3 left.
                 assert_eq!(delay, Duration::from_millis(1000));
-                assert_eq!(rate_limit.map(|h| h.remaining), Some(3));
+                assert_eq!(rate_limit.map(|h| h.remaining()), Some(3));
             }
             other => panic!("unexpected {other:?}"),
         }
