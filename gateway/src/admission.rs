@@ -138,9 +138,9 @@ pub fn limit_conn(
             continue;
         };
         match zone.try_acquire(&key, rule.max) {
-            Ok(permit) if !rule.dry_run => permits.push(permit),
-            // A dry run never holds a slot (NGINX's limit_conn_dry_run does not count it).
-            Ok(_) => {}
+            // Dry-run zones count accepted requests too (as NGINX's limit_conn_dry_run does):
+            // otherwise they could never see the concurrency that would trip them.
+            Ok(permit) => permits.push(permit),
             Err(rejected) if rule.dry_run => dry_run_rejected.push(rejected.zone().to_string()),
             Err(rejected) => {
                 return ConnOutcome::Reject {
