@@ -38,11 +38,18 @@ routes:
         statuses.push(r.await.expect("task").expect("request"));
     }
     assert_eq!(statuses, vec![200, 200, 200], "a dry run never rejects");
-    assert_eq!(up.max_inflight(), 3, "all three reached the upstream together");
+    assert_eq!(
+        up.max_inflight(),
+        3,
+        "all three reached the upstream together"
+    );
     // Only the first held a slot; the other two would have been rejected.
     assert_eq!(
-        gw.wait_metric("gateway_limit_conn_dry_run_total{zone=\"conn_per_ip\"}", 2.0)
-            .await,
+        gw.wait_metric(
+            "gateway_limit_conn_dry_run_total{zone=\"conn_per_ip\"}",
+            2.0
+        )
+        .await,
         Some(2.0)
     );
     assert_eq!(
