@@ -56,8 +56,10 @@ if [ "${SKIP_LOCAL:-0}" != 1 ]; then
   step "scenarios against scripts/run-local.sh"
   cleanup_local() { scripts/run-local.sh stop || true; }
   trap cleanup_local EXIT
-  scripts/run-local.sh --detach
-  timeout 600 "${CARGO_TARGET_DIR:-$ROOT/target}/release/loadtest" scenario all --json "$ROOT/target/loadtest-local.json" --out-dir "$ROOT/target/loadtest-local"
+  # Debug builds: the tests above just built them, and the scenarios judge behaviour, not speed.
+  scripts/run-local.sh --detach --debug
+  timeout 600 "${CARGO_TARGET_DIR:-$ROOT/target}/debug/loadtest" scenario all \
+    --json "$ROOT/target/loadtest-local.json" --out-dir "$ROOT/target/loadtest-local"
   cleanup_local
   trap - EXIT
 fi
