@@ -274,11 +274,21 @@ fn error_outcome(failure: Option<Failure>, e: &Error) -> Outcome {
 }
 
 impl Gateway {
-    /// Writes a local answer and remembers its status.
-    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, answer: Answer) {
+    /// Writes a local answer and remembers its status. Returns whether the connection stays
+    /// open: the rest of the request body is discarded first (at most `client.max_body_bytes`,
+    /// see [`respond::send`]), else the answer closes it.
+    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, answer: Answer) -> bool {
         ctx.local_status = Some(answer.status);
-        if let Err(e) = respond::send(session, &answer, &ctx.request_id).await {
-            tracing::debug!(error = %e, "writing a local answer failed");
+        let max_body_bytes = ctx
+            .snapshot
+            .as_ref()
+            .map_or(0, |s| s.config.client.max_body_bytes);
+        match respond::send(session, &answer, &ctx.request_id, max_body_bytes).await {
+            Ok(keep_alive) => keep_alive,
+            Err(e) => {
+                tracing::debug!(error = %e, "writing a local answer failed");
+                false
+            }
         }
     }
 
@@ -571,6 +581,11 @@ impl ProxyHttp for Gateway {
         // fresh one (idempotent requests only) may go to the same server again.
         ctx.report_attempt(&self.state, Outcome::Failure);
         if let Some(attempt) = ctx.attempt.take() {
+            // A server that refuses connections is probably gone: check it now rather than
+            // at the next interval, so it leaves selection after `fall` quick checks.
+            if let Some((snap, r)) = ctx.route_rt() {
+                snap.routes[r].pool.recheck_soon(attempt.index);
+            }
             ctx.tried.push(attempt.index);
         }
         let (retries, servers) = ctx.route_rt().map_or((0, 0), |(snap, r)| {
@@ -688,14 +703,18 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        match failure_answer(ctx.failure, e) {
+        // Pingora 0.9 never reuses the client connection after a failed proxy attempt: its
+        // `finish` takes the reuse flag `proxy_to_upstream` returned, which is false on every
+        // error, and reads `can_reuse_downstream` only on the filter-error path. So these
+        // answers honestly say `Connection: close` instead of promising a keep-alive that
+        // would not be kept (and do not wait to discard a body for nothing).
+        match failure_answer(ctx.failure, e).map(Answer::closing) {
             Some(answer) => {
-                let close = answer.close;
                 let code = answer.status;
-                self.answer(session, ctx, answer).await;
+                let keep_alive = self.answer(session, ctx, answer).await;
                 FailToProxy {
                     error_code: code,
-                    can_reuse_downstream: !close,
+                    can_reuse_downstream: keep_alive,
                 }
             }
             None => FailToProxy {

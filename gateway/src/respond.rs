@@ -4,6 +4,14 @@
 //! `Content-Type: application/json`, `Content-Length`, `X-Request-Id`, and the connection kept
 //! alive unless the answer says otherwise. Never Pingora's bare default page, never
 //! `respond_error` (which closes the connection).
+//!
+//! An HTTP/1.1 connection can only serve the next request once this one's body has been read
+//! off it, so before a keep-alive answer the rest of the request body is read and discarded
+//! ([`drain_body`]), bounded by `client.max_body_bytes` and [`DRAIN_WITHIN`]. A body that is too
+//! large, too slow, broken, or withheld behind `Expect: 100-continue` turns the answer into a
+//! closing one (`Connection: close`), which is always correct.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -76,8 +84,72 @@ impl Answer {
     }
 }
 
-/// Writes `answer` to the client. `request_id` is echoed as `X-Request-Id`.
-pub async fn send(session: &mut Session, answer: &Answer, request_id: &str) -> Result<()> {
+/// How long the gateway reads an unread request body before a keep-alive local answer; a
+/// client still sending after this gets the answer with `Connection: close` instead.
+pub const DRAIN_WITHIN: Duration = Duration::from_secs(2);
+
+/// Reads and discards the rest of the request body so that the connection can serve the next
+/// request. `true` when the whole body has been read (or there is none); `false` when it was not
+/// and the connection must close: it would exceed `max_body_bytes` in total (counting what the
+/// proxy already read), did not arrive within `within`, failed to read, or the client waits for
+/// `100 Continue` before sending it (it is never asked for).
+pub async fn drain_body(session: &mut Session, max_body_bytes: u64, within: Duration) -> bool {
+    if session.is_http2() {
+        // Streams end on their own; no connection state depends on the unread body.
+        return true;
+    }
+    if session.is_body_done() {
+        return true;
+    }
+    let req = session.req_header();
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max_body_bytes) || expects_continue(req) {
+        return false;
+    }
+    let read_all = async {
+        loop {
+            if session.body_bytes_read() as u64 > max_body_bytes {
+                return false;
+            }
+            match session.read_request_body().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the request body to discard it failed");
+                    return false;
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(within, read_all).await {
+        Ok(done) => done && session.body_bytes_read() as u64 <= max_body_bytes,
+        Err(_) => false,
+    }
+}
+
+/// Whether the request waits for `100 Continue` before sending its body.
+fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
+    req.headers
+        .get(http::header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Writes `answer` to the client. `request_id` is echoed as `X-Request-Id`. Unless the answer
+/// closes anyway, the rest of the request body is discarded first ([`drain_body`], at most
+/// `max_body_bytes` in total); when that fails the answer closes the connection. Returns whether
+/// the connection stays open for the next request.
+pub async fn send(
+    session: &mut Session,
+    answer: &Answer,
+    request_id: &str,
+    max_body_bytes: u64,
+) -> Result<bool> {
+    let close = answer.close || !drain_body(session, max_body_bytes, DRAIN_WITHIN).await;
     let body = Bytes::from(serde_json::to_vec(&answer.body).unwrap_or_default());
     let mut resp = ResponseHeader::build(answer.status, Some(4 + answer.headers.len()))?;
     resp.insert_header("content-type", "application/json")?;
@@ -88,7 +160,7 @@ pub async fn send(session: &mut Session, answer: &Answer, request_id: &str) -> R
     for (name, value) in &answer.headers {
         resp.append_header(*name, value.as_str())?;
     }
-    if answer.close {
+    if close {
         resp.insert_header("connection", "close")?;
         session.set_keepalive(None);
     }
@@ -99,5 +171,5 @@ pub async fn send(session: &mut Session, answer: &Answer, request_id: &str) -> R
     if !head_only {
         session.write_response_body(Some(body), true).await?;
     }
-    Ok(())
+    Ok(!close)
 }
