@@ -158,29 +158,112 @@ fn num(m: &HashMap<String, String>, k: &str) -> i64 {
     m.get(k).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
+/// Keys asked for per Redis call by the audit (the `COUNT` hint of a scan, the commands of one
+/// pipeline): every call stays small and quick, whatever the size of an event.
+pub const AUDIT_BATCH: usize = 500;
+
+/// Most scan calls the audit makes over one key: an upper bound on the loop, far above what a
+/// cursor needs (at [`AUDIT_BATCH`] a page, 200,000 pages cover 100 million members).
+const MAX_SCAN_PAGES: usize = 200_000;
+
+/// Which incremental scan to run over one key.
+#[derive(Debug, Clone, Copy)]
+enum Scan {
+    /// `SSCAN`: members of a set.
+    Set,
+    /// `HSCAN`: field, value, field, value, ... of a hash.
+    Hash,
+}
+
+/// Reads a whole set or hash with `SSCAN`/`HSCAN` cursors, [`AUDIT_BATCH`] a call, so no single
+/// call blocks Redis for long. A scan may return an element more than once: callers dedupe.
+/// Returns the flat items and whether the cursor finished within [`MAX_SCAN_PAGES`] calls.
+async fn scan_all(store: &Store, scan: Scan, key: &str) -> Result<(Vec<String>, bool), StoreError> {
+    let name = match scan {
+        Scan::Set => "SSCAN",
+        Scan::Hash => "HSCAN",
+    };
+    let mut items = Vec::new();
+    let mut cursor = "0".to_owned();
+    for _ in 0..MAX_SCAN_PAGES {
+        let (next, page): (String, Vec<String>) = store
+            .query(
+                redis::cmd(name)
+                    .arg(key)
+                    .arg(&cursor)
+                    .arg("COUNT")
+                    .arg(AUDIT_BATCH),
+            )
+            .await?;
+        items.extend(page);
+        if next == "0" {
+            return Ok((items, true));
+        }
+        cursor = next;
+    }
+    Ok((items, false))
+}
+
+/// The members of a set, sorted and without duplicates.
+async fn set_members(store: &Store, key: &str) -> Result<(Vec<String>, bool), StoreError> {
+    let (mut members, complete) = scan_all(store, Scan::Set, key).await?;
+    members.sort_unstable();
+    members.dedup();
+    Ok((members, complete))
+}
+
+/// The fields and values of a hash.
+async fn hash_entries(
+    store: &Store,
+    key: &str,
+) -> Result<(HashMap<String, String>, bool), StoreError> {
+    let (flat, complete) = scan_all(store, Scan::Hash, key).await?;
+    let mut map = HashMap::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(field), Some(value)) = (it.next(), it.next()) {
+        map.insert(field, value);
+    }
+    Ok((map, complete))
+}
+
+/// `(status, quantity)` of each reservation, [`AUDIT_BATCH`] `HMGET`s per pipeline, in order.
+async fn reservation_rows(
+    store: &Store,
+    ids: &[String],
+) -> Result<Vec<(Option<String>, Option<String>)>, StoreError> {
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(AUDIT_BATCH) {
+        let mut p = redis::pipe();
+        for r in chunk {
+            p.cmd("HMGET")
+                .arg(keys::reservation(r))
+                .arg("status")
+                .arg("quantity");
+        }
+        let batch: Vec<(Option<String>, Option<String>)> = store.pipeline(&p).await?;
+        rows.extend(batch);
+    }
+    Ok(rows)
+}
+
 /// Checks, for every event: `available + held + sold == capacity`, counters ≥ 0, numbered seat
 /// states agree with the counters, and `sold` equals the places of CONFIRMED reservations.
-/// O(seats + confirmed reservations): an admin tool, not a hot path.
+/// O(events + seats + confirmed reservations) in total, but every Redis call is O([`AUDIT_BATCH`])
+/// (scan cursors and bounded pipelines), so a big event neither blocks Redis nor runs into the
+/// store's per-call timeout. Not a snapshot: run it while the system is quiet to compare counters.
 pub async fn audit(store: &Store) -> Result<Audit, StoreError> {
-    let mut ids: Vec<String> = store
-        .query(redis::cmd("SMEMBERS").arg(keys::EVENTS))
-        .await?;
-    ids.sort_unstable();
+    let (ids, ids_complete) = set_members(store, keys::EVENTS).await?;
     let mut events = Vec::with_capacity(ids.len());
     let mut violations = Vec::new();
+    if !ids_complete {
+        violations.push(format!(
+            "the event list scan did not finish within {MAX_SCAN_PAGES} calls"
+        ));
+    }
     for id in &ids {
-        let mut p = redis::pipe();
-        p.cmd("HGETALL")
-            .arg(keys::event_meta(id))
-            .cmd("HGETALL")
-            .arg(keys::event_seats(id))
-            .cmd("SMEMBERS")
-            .arg(keys::event_confirmed(id));
-        let (meta, seats, confirmed): (
-            HashMap<String, String>,
-            HashMap<String, String>,
-            Vec<String>,
-        ) = store.pipeline(&p).await?;
+        let meta: HashMap<String, String> = store
+            .query(redis::cmd("HGETALL").arg(keys::event_meta(id)))
+            .await?;
         if meta.is_empty() {
             violations.push(format!("{id}: listed but has no metadata"));
             continue;
@@ -200,6 +283,12 @@ pub async fn audit(store: &Store) -> Result<Audit, StoreError> {
             violations.push(format!("{id}: a counter is negative"));
         }
         if meta.get("kind").map(String::as_str) == Some("seats") {
+            let (seats, complete) = hash_entries(store, &keys::event_seats(id)).await?;
+            if !complete {
+                violations.push(format!(
+                    "{id}: the seat scan did not finish within {MAX_SCAN_PAGES} calls"
+                ));
+            }
             let (mut a, mut h, mut s) = (0i64, 0i64, 0i64);
             for st in seats.values() {
                 match st.as_bytes().first() {
@@ -214,25 +303,22 @@ pub async fn audit(store: &Store) -> Result<Audit, StoreError> {
                 ));
             }
         }
+        let (confirmed, complete) = set_members(store, &keys::event_confirmed(id)).await?;
+        if !complete {
+            violations.push(format!(
+                "{id}: the confirmed reservations scan did not finish within {MAX_SCAN_PAGES} calls"
+            ));
+        }
         let mut confirmed_seats = 0i64;
-        if !confirmed.is_empty() {
-            let mut p = redis::pipe();
-            for r in &confirmed {
-                p.cmd("HMGET")
-                    .arg(keys::reservation(r))
-                    .arg("status")
-                    .arg("quantity");
+        let rows = reservation_rows(store, &confirmed).await?;
+        for (r, (status, qty)) in confirmed.iter().zip(rows) {
+            if status.as_deref() != Some("CONFIRMED") {
+                violations.push(format!(
+                    "{id}: reservation {r} is listed as confirmed but is {}",
+                    status.as_deref().unwrap_or("missing")
+                ));
             }
-            let rows: Vec<(Option<String>, Option<String>)> = store.pipeline(&p).await?;
-            for (r, (status, qty)) in confirmed.iter().zip(rows) {
-                if status.as_deref() != Some("CONFIRMED") {
-                    violations.push(format!(
-                        "{id}: reservation {r} is listed as confirmed but is {}",
-                        status.as_deref().unwrap_or("missing")
-                    ));
-                }
-                confirmed_seats += qty.and_then(|q| q.parse::<i64>().ok()).unwrap_or(0);
-            }
+            confirmed_seats += qty.and_then(|q| q.parse::<i64>().ok()).unwrap_or(0);
         }
         if confirmed_seats != sold {
             violations.push(format!(

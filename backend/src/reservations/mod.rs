@@ -181,6 +181,7 @@ mod tests {
         let cli = Cli::parse_from(["x"]);
         assert_eq!(cli.args.listen.to_string(), "127.0.0.1:3001");
         assert_eq!(cli.args.request_deadline_ms, 15_000);
+        assert_eq!(cli.args.store.redis_timeout_ms, 1_000);
         assert_eq!(cli.args.payments.payments_url, "http://127.0.0.1:3002");
         assert_eq!(cli.args.outbox.notifications_url, "http://127.0.0.1:3003");
     }
