@@ -4,7 +4,8 @@
 #
 #   scripts/bench-gateway-vs-nginx.sh [--duration 15s] [--connections 64] [--threads 2]
 #                                     [--warmup 3s] [--rounds 2] [--modes "log nolog"]
-#                                     [--no-build] [--out FILE] [--keep]
+#                                     [--no-build] [--gateway-bin PATH] [--perf DIR]
+#                                     [--out FILE] [--keep]
 #
 # What it does (docs/benchmarks.md has the reasoning and the results):
 #   1. builds the gateway in release (`cargo build --release -p gateway`), installs wrk and
@@ -17,6 +18,8 @@
 #      server.threads 2) as reverse proxies of that upstream, checks each answers 200 with the
 #      upstream's body, then runs `wrk -t2 -c64 -d15s --latency` alternating
 #      nginx, gateway, nginx, gateway (`--rounds` pairs), each after a short warm-up;
+#      With --perf DIR, one extra (unmeasured) run per proxy and mode is recorded with
+#      `perf record -e cpu-clock -g` and the top symbols are written to DIR/<mode>-<proxy>.txt.
 #   4. parses Requests/sec and the latency percentiles, measures each proxy's CPU time per run,
 #      prints a table with the ratios gateway/nginx and writes the JSON report
 #      ($CARGO_TARGET_DIR or ./target)/bench/gateway-vs-nginx.json.
@@ -32,6 +35,8 @@ MODES="log nolog"
 BUILD=1
 KEEP=0
 OUT=""
+PERF_DIR=""
+GATEWAY_BIN=""
 
 usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -45,6 +50,8 @@ while [ $# -gt 0 ]; do
     --modes) MODES=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT=$2; shift 2 ;;
+    --gateway-bin) GATEWAY_BIN=$2; BUILD=0; shift 2 ;;
+    --perf) PERF_DIR=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -58,7 +65,7 @@ case "$ROUNDS" in ''|*[!0-9]*|0) echo "--rounds must be a positive integer" >&2;
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-GATEWAY_BIN=$TARGET_DIR/release/gateway
+GATEWAY_BIN=${GATEWAY_BIN:-$TARGET_DIR/release/gateway}
 OUT=${OUT:-$TARGET_DIR/bench/gateway-vs-nginx.json}
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -88,6 +95,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [ -n "$PERF_DIR" ]; then
+  command -v perf >/dev/null 2>&1 || die "--perf needs perf (Debian: apt-get install linux-perf)"
+  mkdir -p "$PERF_DIR"
+  PERF_DIR=$(cd "$PERF_DIR" && pwd)
+fi
 for t in curl python3; do
   command -v "$t" >/dev/null 2>&1 || die "missing $t"
 done
@@ -268,6 +280,33 @@ run_one() { # mode proxy round
   log "$mode $proxy round $round: $(grep -E 'Requests/sec' "$base.wrk" | tr -s ' ') p99 $(awk '$1=="99%"{print $2}' "$base.wrk"), proxy cpu $(cut -d' ' -f1 "$base.cpu") s"
 }
 
+# One unmeasured run of PROXY under `perf record` (software cpu-clock event: works in VMs without
+# hardware counters); the top self-time symbols go to $PERF_DIR/<mode>-<proxy>.txt.
+profile_one() { # mode proxy
+  local mode=$1 proxy=$2 port pid pids p data txt
+  if [ "$proxy" = nginx ]; then port=$NGINX_PORT; pid=$NGINX_PID; else port=$GATEWAY_PORT; pid=$GATEWAY_PID; fi
+  pids=$pid
+  for p in $(ps -o pid= --ppid "$pid" 2>/dev/null); do pids="$pids,$p"; done
+  data="$RUN/$mode-$proxy.perf.data"
+  txt="$PERF_DIR/$mode-$proxy.txt"
+  timeout "$WRK_BOUND" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$port/api/events" >"$RUN/results/$mode-$proxy-perf.wrk" 2>&1 &
+  local wrk_pid=$!
+  sleep 1
+  timeout "$WRK_BOUND" perf record -q -e cpu-clock -F 999 -g -p "$pids" -o "$data" -- sleep $(( $(secs "$DURATION") > 3 ? $(secs "$DURATION") - 2 : 1 )) >/dev/null 2>&1 \
+    || log "perf record failed for $proxy"
+  wait "$wrk_pid" || true
+  {
+    echo "# $proxy, mode $mode: perf record -e cpu-clock -g during wrk -t$THREADS -c$CONNECTIONS -d$DURATION (unmeasured run)"
+    grep -E 'Requests/sec|99%' "$RUN/results/$mode-$proxy-perf.wrk" || true
+    echo "## by shared object"
+    timeout 300 perf report -i "$data" --stdio --no-children --sort dso -g none 2>/dev/null | grep -v '^#' | grep '%' | awk 'NR <= 10' || true
+    echo "## top symbols (self time)"
+    timeout 300 perf report -i "$data" --stdio --no-children --sort dso,sym -g none 2>/dev/null | grep -v '^#' | grep '%' | awk 'NR <= 60' || true
+  } >"$txt"
+  rm -f "$data"
+  log "perf profile of $proxy ($mode) in $txt"
+}
+
 mkdir -p "$RUN/results"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -278,6 +317,10 @@ for mode in $MODES; do
     run_one "$mode" nginx "$round"
     run_one "$mode" gateway "$round"
   done
+  if [ -n "$PERF_DIR" ]; then
+    profile_one "$mode" nginx
+    profile_one "$mode" gateway
+  fi
   # Limits must not have bound: count the gateway's own rejections from its metrics.
   curl -s --max-time 2 "http://127.0.0.1:$ADMIN_PORT/metrics" >"$RUN/results/$mode-gateway.metrics" || true
   stop_proxies
@@ -346,6 +389,15 @@ for mode in modes:
             "non_2xx": sum(x["non_2xx"] for x in runs),
             "socket_errors": sum(x["socket_errors"] for x in runs),
         }
+    rejected = {}
+    mpath = os.path.join(results, f"{mode}-gateway.metrics")
+    if os.path.exists(mpath):
+        for line in open(mpath):
+            name = line.split("{")[0].split(" ")[0]
+            if name in ("gateway_ratelimit_rejected_total", "gateway_limit_conn_rejected_total",
+                        "gateway_bulkhead_rejected_total", "gateway_circuit_rejected_total"):
+                rejected[name] = rejected.get(name, 0) + float(line.rsplit(" ", 1)[1])
+    per["gateway"]["limiter_rejections"] = rejected
     g, n = per["gateway"], per["nginx"]
     per["ratio_gateway_over_nginx"] = {
         "throughput": round(g["requests_per_sec"] / n["requests_per_sec"], 3),
