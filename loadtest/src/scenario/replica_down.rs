@@ -121,15 +121,20 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
     let marks = result?;
 
     let at = |i: Option<Instant>| i.map(|i| i.saturating_duration_since(t0));
-    // Reads sent once the injection began count as "during the fault".
+    // Baseline: reads answered before the injection began. A read still in flight when the
+    // injection was sent may meet the fault, so it counts as "during the fault".
     let fault_start = marks.inject_start.saturating_duration_since(t0);
     let detect = at(marks.detected);
     let healthy = at(marks.healthy);
     let end_of_fault = healthy.unwrap_or(Duration::MAX);
-    let baseline: Vec<&Sample> = samples.iter().filter(|s| s.start < fault_start).collect();
+    let answered_before_fault = |s: &Sample| s.start + s.latency < fault_start;
+    let baseline: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| answered_before_fault(s))
+        .collect();
     let during: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.start >= fault_start && s.start <= end_of_fault)
+        .filter(|s| !answered_before_fault(s) && s.start <= end_of_fault)
         .collect();
     let before_detect = during
         .iter()
