@@ -207,8 +207,10 @@ if [ "${SKIP_SCENARIOS:-0}" != 1 ]; then
   # compose (COMPOSE_FILE is exported for them).
   loadtest=${LOADTEST_BIN:-}
   if [ -z "$loadtest" ]; then
+    # The most recently built of the release and debug binaries.
     for candidate in "$TARGET_DIR/release/loadtest" "$TARGET_DIR/debug/loadtest"; do
-      [ -x "$candidate" ] && { loadtest=$candidate; break; }
+      [ -x "$candidate" ] || continue
+      if [ -z "$loadtest" ] || [ "$candidate" -nt "$loadtest" ]; then loadtest=$candidate; fi
     done
   fi
   if [ -z "$loadtest" ]; then
@@ -217,6 +219,7 @@ if [ "${SKIP_SCENARIOS:-0}" != 1 ]; then
     loadtest="$TARGET_DIR/release/loadtest"
   fi
   mkdir -p "$TARGET_DIR"
+  log "running $loadtest"
   timeout 1200 "$loadtest" scenario all --compose --gateway "$GATEWAY" \
     --json "$TARGET_DIR/loadtest-compose.json" || die "loadtest scenarios failed"
   done_step "loadtest scenarios"
