@@ -221,6 +221,7 @@ if [ "${SKIP_SCENARIOS:-0}" != 1 ]; then
   mkdir -p "$TARGET_DIR"
   log "running $loadtest"
   timeout 1200 "$loadtest" scenario all --compose --gateway "$GATEWAY" \
-    --json "$TARGET_DIR/loadtest-compose.json" || die "loadtest scenarios failed"
+    --json "$TARGET_DIR/loadtest-compose.json" --out-dir "$TARGET_DIR/loadtest-compose" \
+    || die "loadtest scenarios failed"
   done_step "loadtest scenarios"
 fi
