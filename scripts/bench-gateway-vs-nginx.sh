@@ -145,8 +145,8 @@ trap 'exit 130' INT TERM
 
 # A free loopback TCP port (random probe, bounded).
 free_port() {
-  local i p
-  for i in $(seq 1 200); do
+  local p
+  for _ in $(seq 1 200); do
     p=$(( 20000 + RANDOM % 40000 ))
     if [ -z "$(ss -Htln "sport = :$p" 2>/dev/null)" ]; then
       echo "$p"
@@ -158,8 +158,8 @@ free_port() {
 
 # Waits (bounded) until URL answers HTTP 200.
 wait_http() {
-  local url=$1 what=$2 pid=$3 i
-  for i in $(seq 1 100); do
+  local url=$1 what=$2 pid=$3
+  for _ in $(seq 1 100); do
     kill -0 "$pid" 2>/dev/null || die "$what exited during start-up (logs in $RUN)"
     if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)" = 200 ]; then
       return 0
