@@ -116,10 +116,10 @@ RUN=$(mktemp -d "${TMPDIR:-/tmp}/bench-gw-vs-nginx.XXXXXX")
 STARTED=()   # pids of every process this script started (nginx masters, the gateway)
 
 stop_pid() {
-  local pid=$1 i
+  local pid=$1
   kill -0 "$pid" 2>/dev/null || return 0
   kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do
+  for _ in $(seq 1 50); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
