@@ -8,6 +8,12 @@ use gateway::cli::{Cli, LogFormat};
 use gateway::state::State;
 use tracing_subscriber::EnvFilter;
 
+/// Pingora allocates a lot per request (header maps, `Bytes`, boxed futures) and frees across
+/// threads; glibc malloc took 13-15 % of the gateway's CPU in a profile (docs/benchmarks.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
