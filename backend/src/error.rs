@@ -57,6 +57,22 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message).with("field", field)
     }
 
+    /// Reads the non-empty string field `name` (trimmed, at most `max` bytes) of a JSON object,
+    /// or answers 422 `invalid_request` naming the field.
+    pub fn string_field(
+        fields: &Map<String, Value>,
+        name: &str,
+        max: usize,
+    ) -> Result<String, Self> {
+        match fields.get(name).and_then(Value::as_str).map(str::trim) {
+            Some(s) if !s.is_empty() && s.len() <= max => Ok(s.to_owned()),
+            _ => Err(Self::invalid_request(
+                name,
+                format!("{name} must be a non-empty string of at most {max} characters"),
+            )),
+        }
+    }
+
     /// 404 with the given code.
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)

@@ -28,7 +28,7 @@ use chrono::{SecondsFormat, Utc};
 use parking_lot::Mutex;
 use prometheus::{IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::chaos::Chaos;
 use crate::error::ApiError;
@@ -169,15 +169,15 @@ impl NewNotification {
                 "body must be a JSON object {reservationId, userEmail, kind, message?}",
             ));
         };
-        let reservation_id = string_field(&fields, "reservationId", 128)?;
-        let user_email = string_field(&fields, "userEmail", 254)?;
+        let reservation_id = ApiError::string_field(&fields, "reservationId", 128)?;
+        let user_email = ApiError::string_field(&fields, "userEmail", 254)?;
         if !user_email.contains('@') {
             return Err(ApiError::invalid_request(
                 "userEmail",
                 "userEmail must be an e-mail address",
             ));
         }
-        let kind = string_field(&fields, "kind", 64)?;
+        let kind = ApiError::string_field(&fields, "kind", 64)?;
         let message = match fields.get("message") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) if s.len() <= 4096 => s.clone(),
@@ -194,16 +194,6 @@ impl NewNotification {
             kind,
             message,
         })
-    }
-}
-
-fn string_field(fields: &Map<String, Value>, name: &str, max: usize) -> Result<String, ApiError> {
-    match fields.get(name).and_then(Value::as_str).map(str::trim) {
-        Some(s) if !s.is_empty() && s.len() <= max => Ok(s.to_owned()),
-        _ => Err(ApiError::invalid_request(
-            name,
-            format!("{name} must be a non-empty string of at most {max} characters"),
-        )),
     }
 }
 

@@ -38,7 +38,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use parking_lot::Mutex;
 use prometheus::{IntCounterVec, Opts};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::chaos::Chaos;
 use crate::error::ApiError;
@@ -280,8 +280,8 @@ impl ChargeRequest {
                 "body must be a JSON object {reservationId, amount, userEmail}",
             ));
         };
-        let reservation_id = string_field(&fields, "reservationId", 128)?;
-        let user_email = string_field(&fields, "userEmail", 254)?;
+        let reservation_id = ApiError::string_field(&fields, "reservationId", 128)?;
+        let user_email = ApiError::string_field(&fields, "userEmail", 254)?;
         if !user_email.contains('@') {
             return Err(ApiError::invalid_request(
                 "userEmail",
@@ -300,16 +300,6 @@ impl ChargeRequest {
             amount,
             user_email,
         })
-    }
-}
-
-fn string_field(fields: &Map<String, Value>, name: &str, max: usize) -> Result<String, ApiError> {
-    match fields.get(name).and_then(Value::as_str).map(str::trim) {
-        Some(s) if !s.is_empty() && s.len() <= max => Ok(s.to_owned()),
-        _ => Err(ApiError::invalid_request(
-            name,
-            format!("{name} must be a non-empty string of at most {max} characters"),
-        )),
     }
 }
 
