@@ -207,6 +207,8 @@ impl PaymentsClient {
             min_requests: cfg.payments_breaker_min_calls.max(1),
             window: Duration::from_millis(cfg.payments_breaker_window_ms.max(10)),
             open_for: Duration::from_millis(cfg.payments_breaker_open_ms.max(1)),
+            // The breaker: 50 % over at least 5 calls, ratio only.
+            consecutive_failures: 0,
         });
         let bulkhead = Bulkhead::new(BulkheadConfig {
             max_concurrent: cfg.payments_max_concurrent.max(1),

@@ -19,6 +19,10 @@ pub struct BreakerConfig {
     pub window: Duration,
     /// How long the breaker stays open before letting one probe through.
     pub open_for: Duration,
+    /// Also open after this many failures in a row, whatever the window's ratio (0 = off). A
+    /// dependency that just died after a busy, healthy period would otherwise have to fail as
+    /// many calls as had succeeded in the window before the ratio trips.
+    pub consecutive_failures: u32,
 }
 
 /// The breaker's externally visible state.
@@ -79,6 +83,8 @@ enum Phase {
 struct Inner {
     phase: Phase,
     buckets: [Bucket; BUCKETS as usize],
+    /// Failures since the last success (closed state only).
+    failure_streak: u32,
 }
 
 /// A thread-safe circuit breaker. Cheap to share behind an `Arc`.
@@ -112,6 +118,7 @@ impl CircuitBreaker {
             inner: Mutex::new(Inner {
                 phase: Phase::Closed,
                 buckets: [Bucket::default(); BUCKETS as usize],
+                failure_streak: 0,
             }),
         })
     }
@@ -209,6 +216,7 @@ impl CircuitBreaker {
                 } else {
                     inner.phase = Phase::Closed;
                     inner.buckets = [Bucket::default(); BUCKETS as usize];
+                    inner.failure_streak = 0;
                 }
             }
             return;
@@ -229,12 +237,17 @@ impl CircuitBreaker {
         bucket.calls += 1;
         if failed {
             bucket.failures += 1;
+            inner.failure_streak = inner.failure_streak.saturating_add(1);
+        } else {
+            inner.failure_streak = 0;
         }
         let (calls, failures) = Self::sum(&inner.buckets, epoch);
-        if failed
-            && calls >= self.config.min_requests.max(1)
-            && f64::from(failures) >= self.config.failure_rate * f64::from(calls)
-        {
+        let streak_trips = self.config.consecutive_failures > 0
+            && inner.failure_streak >= self.config.consecutive_failures;
+        let ratio_trips = calls >= self.config.min_requests.max(1)
+            && f64::from(failures) >= self.config.failure_rate * f64::from(calls);
+        if failed && (streak_trips || ratio_trips) {
+            inner.failure_streak = 0;
             inner.phase = Phase::Open {
                 until: now + self.config.open_for,
             };
@@ -303,6 +316,7 @@ mod tests {
             min_requests: 4,
             window: Duration::from_secs(10),
             open_for: Duration::from_secs(15),
+            consecutive_failures: 0,
         })
     }
 
@@ -364,6 +378,43 @@ mod tests {
         let later = t + Duration::from_secs(11);
         b.try_acquire_at(later).unwrap().failure_at(later);
         assert_eq!(b.state_at(later), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_failure_streak_opens_despite_earlier_successes() {
+        let b = CircuitBreaker::new(BreakerConfig {
+            consecutive_failures: 3,
+            ..breaker().config().clone()
+        });
+        let t = Instant::now();
+        for _ in 0..20 {
+            b.try_acquire_at(t).unwrap().success_at(t);
+        }
+        b.try_acquire_at(t).unwrap().failure_at(t);
+        b.try_acquire_at(t).unwrap().failure_at(t);
+        assert_eq!(
+            b.state_at(t),
+            BreakerState::Closed,
+            "2 of 22 is below the ratio"
+        );
+        b.try_acquire_at(t).unwrap().failure_at(t);
+        assert_eq!(b.state_at(t), BreakerState::Open, "3 in a row trip it");
+    }
+
+    #[test]
+    fn a_success_ends_the_streak() {
+        let b = CircuitBreaker::new(BreakerConfig {
+            consecutive_failures: 3,
+            min_requests: 100,
+            ..breaker().config().clone()
+        });
+        let t = Instant::now();
+        for _ in 0..5 {
+            b.try_acquire_at(t).unwrap().failure_at(t);
+            b.try_acquire_at(t).unwrap().failure_at(t);
+            b.try_acquire_at(t).unwrap().success_at(t);
+        }
+        assert_eq!(b.state_at(t), BreakerState::Closed);
     }
 
     #[test]

@@ -35,5 +35,7 @@ pub(crate) fn breaker_config(settings: &CircuitBreakerSettings) -> BreakerConfig
         min_requests: settings.min_requests,
         window: settings.window,
         open_for: settings.open,
+        // SPEC §7's breaker is ratio-based only.
+        consecutive_failures: 0,
     }
 }
