@@ -12,8 +12,10 @@
 FROM rust:1.95-bookworm AS skeleton
 WORKDIR /src
 COPY . .
-# Keep the manifests, the lock file and every file cargo needs to find a target (lib, bins,
-# benches, tests, examples, explicit `path = "..."`), each replaced by a stub; drop the rest.
+# Keep the manifests, the lock file and a stub for every file cargo needs to find a declared
+# target: src/main.rs, src/lib.rs, each `path = "..."`, and the default file of each
+# [[bin]]/[[bench]]/[[test]]/[[example]] declared without a path. Auto-discovered tests, benches
+# and examples are left out, so adding one does not invalidate the dependency layer.
 RUN set -eu; \
     mkdir -p /skeleton; \
     cp Cargo.toml Cargo.lock /skeleton/; \
@@ -21,15 +23,24 @@ RUN set -eu; \
       crate=${manifest%/Cargo.toml}; \
       mkdir -p "/skeleton/$crate"; \
       cp "$manifest" "/skeleton/$crate/"; \
-      { find "$crate/src" -maxdepth 1 \( -name main.rs -o -name lib.rs \) 2>/dev/null || true; \
-        find "$crate/src/bin" "$crate/benches" "$crate/tests" "$crate/examples" -maxdepth 2 -name '*.rs' \
-             \( -path "*/bin/*" -o -path "*/benches/*" -o -path "*/tests/*" -o -path "*/examples/*" \) 2>/dev/null || true; \
-        sed -n 's/^[[:space:]]*path[[:space:]]*=[[:space:]]*"\([^"]*\.rs\)".*/\1/p' "$manifest" | sed "s#^#$crate/#"; \
+      { for f in src/main.rs src/lib.rs; do [ ! -f "$crate/$f" ] || echo "$f"; done; \
+        awk ' \
+          function flush() { if (dir != "" && name != "" && path == "") print dir "/" name ".rs"; \
+                             if (path ~ /\.rs$/) print path; dir = ""; name = ""; path = "" } \
+          /^[[:space:]]*\[/ { flush(); \
+              if ($0 ~ /^\[\[bin\]\]/) dir = "src/bin"; else if ($0 ~ /^\[\[bench\]\]/) dir = "benches"; \
+              else if ($0 ~ /^\[\[test\]\]/) dir = "tests"; else if ($0 ~ /^\[\[example\]\]/) dir = "examples"; \
+              next } \
+          /^[[:space:]]*name[[:space:]]*=/ { v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v); name = v } \
+          /^[[:space:]]*path[[:space:]]*=/ { v = $0; sub(/^[^"]*"/, "", v); sub(/".*/, "", v); path = v } \
+          END { flush() }' "$manifest"; \
       } | sort -u | while read -r f; do \
-        mkdir -p "/skeleton/$(dirname "$f")"; \
-        case "$f" in */lib.rs) : > "/skeleton/$f" ;; *) echo 'fn main() {}' > "/skeleton/$f" ;; esac; \
+        [ -f "$crate/$f" ] || { echo "note: $crate/$f is declared but missing; cargo will say so"; continue; }; \
+        mkdir -p "/skeleton/$crate/$(dirname "$f")"; \
+        case "$f" in */lib.rs) : > "/skeleton/$crate/$f" ;; *) echo 'fn main() {}' > "/skeleton/$crate/$f" ;; esac; \
       done; \
-    done
+    done; \
+    find /skeleton -type f | sort
 
 # --- 2. build ---------------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS builder
