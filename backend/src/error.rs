@@ -57,6 +57,33 @@ impl ApiError {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message).with("field", field)
     }
 
+    /// Parses `body` as a JSON object: 400 `invalid_json` when it is not JSON, 422
+    /// `invalid_request` (field `body`, message "body must be a JSON object {shape}") otherwise.
+    pub fn json_object(body: &[u8], shape: &str) -> Result<Map<String, Value>, Self> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| Self::invalid_json(format!("body is not valid JSON: {e}")))?;
+        match value {
+            Value::Object(fields) => Ok(fields),
+            _ => Err(Self::invalid_request(
+                "body",
+                format!("body must be a JSON object {shape}"),
+            )),
+        }
+    }
+
+    /// Reads the `userEmail` field: a string as for [`ApiError::string_field`] (at most 254
+    /// bytes) that contains `@`.
+    pub fn email_field(fields: &Map<String, Value>) -> Result<String, Self> {
+        let email = Self::string_field(fields, "userEmail", 254)?;
+        if !email.contains('@') {
+            return Err(Self::invalid_request(
+                "userEmail",
+                "userEmail must be an e-mail address",
+            ));
+        }
+        Ok(email)
+    }
+
     /// Reads the non-empty string field `name` (trimmed, at most `max` bytes) of a JSON object,
     /// or answers 422 `invalid_request` naming the field.
     pub fn string_field(

@@ -161,22 +161,9 @@ struct NewNotification {
 
 impl NewNotification {
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::invalid_json(format!("body is not valid JSON: {e}")))?;
-        let Value::Object(fields) = value else {
-            return Err(ApiError::invalid_request(
-                "body",
-                "body must be a JSON object {reservationId, userEmail, kind, message?}",
-            ));
-        };
+        let fields = ApiError::json_object(body, "{reservationId, userEmail, kind, message?}")?;
         let reservation_id = ApiError::string_field(&fields, "reservationId", 128)?;
-        let user_email = ApiError::string_field(&fields, "userEmail", 254)?;
-        if !user_email.contains('@') {
-            return Err(ApiError::invalid_request(
-                "userEmail",
-                "userEmail must be an e-mail address",
-            ));
-        }
+        let user_email = ApiError::email_field(&fields)?;
         let kind = ApiError::string_field(&fields, "kind", 64)?;
         let message = match fields.get("message") {
             None | Some(Value::Null) => String::new(),

@@ -272,22 +272,9 @@ struct ChargeRequest {
 impl ChargeRequest {
     /// 400 `invalid_json` for unparsable bodies; 422 `invalid_request` naming the field otherwise.
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::invalid_json(format!("body is not valid JSON: {e}")))?;
-        let Value::Object(fields) = value else {
-            return Err(ApiError::invalid_request(
-                "body",
-                "body must be a JSON object {reservationId, amount, userEmail}",
-            ));
-        };
+        let fields = ApiError::json_object(body, "{reservationId, amount, userEmail}")?;
         let reservation_id = ApiError::string_field(&fields, "reservationId", 128)?;
-        let user_email = ApiError::string_field(&fields, "userEmail", 254)?;
-        if !user_email.contains('@') {
-            return Err(ApiError::invalid_request(
-                "userEmail",
-                "userEmail must be an e-mail address",
-            ));
-        }
+        let user_email = ApiError::email_field(&fields)?;
         let amount = fields
             .get("amount")
             .and_then(Value::as_f64)
