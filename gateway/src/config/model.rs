@@ -53,8 +53,13 @@ pub struct ServerSettings {
 pub struct ClientSettings {
     /// The whole request head must arrive within this, else 408 and close (default 10 s).
     pub header_timeout: Duration,
+    /// Larger request heads (request line and headers) get 431 and close (default 65536).
+    pub max_header_bytes: usize,
     /// Larger request bodies get 413 (default 65536).
     pub max_body_bytes: u64,
+    /// Longest wait for the next piece of a request body, like NGINX's `client_body_timeout`
+    /// (default 10 s); the route's `timeout_ms` bounds the whole body too. Too slow → 408.
+    pub body_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is believed (default none).
     pub trusted_proxies: Vec<IpNet>,
 }

@@ -13,6 +13,12 @@ use super::reader::{as_str, join, show, Map, Problems};
 /// Largest value accepted for a `*_ms` duration: one day.
 const MAX_MS: u64 = 86_400_000;
 
+/// Smallest `client.max_header_bytes`: a request line and a few ordinary headers.
+const MIN_HEADER_BYTES: u64 = 1024;
+
+/// Largest `client.max_header_bytes`: Pingora's own head buffer limit (1 MiB).
+const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+
 /// Reads the whole document. Returns the model only when no problem was found.
 pub(crate) fn document(
     root: &Value,
@@ -197,6 +203,14 @@ fn client(v: Option<&Value>, p: &mut Problems) -> ClientSettings {
     let mut m = Map::open(v, "client", p);
     let header_timeout = millis(&mut m, "header_timeout_ms", 10_000, 1, p);
     let max_body_bytes = m.uint("max_body_bytes", 65_536, 0, u64::MAX, p);
+    let body_timeout = millis(&mut m, "body_timeout_ms", 10_000, 1, p);
+    let max_header_bytes = m.uint(
+        "max_header_bytes",
+        65_536,
+        MIN_HEADER_BYTES,
+        MAX_HEADER_BYTES,
+        p,
+    ) as usize;
     let mut trusted_proxies = Vec::new();
     for (path, item) in m.list("trusted_proxies", p) {
         if let Some(s) = as_str(item, &path, p) {
@@ -212,7 +226,9 @@ fn client(v: Option<&Value>, p: &mut Problems) -> ClientSettings {
     m.finish(p);
     ClientSettings {
         header_timeout,
+        max_header_bytes,
         max_body_bytes,
+        body_timeout,
         trusted_proxies,
     }
 }

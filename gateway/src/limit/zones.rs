@@ -183,7 +183,9 @@ mod tests {
             admin_listen: "127.0.0.1:2".parse().expect("addr"),
             client: ClientSettings {
                 header_timeout: Duration::from_secs(1),
+                max_header_bytes: 65536,
                 max_body_bytes: 1,
+                body_timeout: Duration::from_secs(10),
                 trusted_proxies: Vec::new(),
             },
             limit_req_status: 429,

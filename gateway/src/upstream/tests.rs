@@ -59,7 +59,9 @@ fn gateway(upstreams: Vec<Upstream>) -> GatewayConfig {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         client: ClientSettings {
             header_timeout: Duration::from_secs(10),
+            max_header_bytes: 65536,
             max_body_bytes: 65536,
+            body_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
         },
         limit_req_status: 429,
