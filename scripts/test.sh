@@ -25,6 +25,7 @@ command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
 command -v wrk >/dev/null || need_pkgs+=(wrk)
 command -v curl >/dev/null || need_pkgs+=(curl)
+command -v slowhttptest >/dev/null || need_pkgs+=(slowhttptest)
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
