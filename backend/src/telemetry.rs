@@ -24,7 +24,6 @@ use axum::{Json, Router};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
-use serde_json::json;
 use tracing::Instrument;
 
 /// The request id header (SPEC §4).
@@ -261,8 +260,29 @@ pub fn health_routes() -> Router {
     Router::new().route("/health", get(health))
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /health` body.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct HealthBody {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// `GET /health`: liveness (the process serves HTTP).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "The process serves HTTP.", body = HealthBody),
+        (status = 503, description = "`service_down`: chaos `down` is on.",
+            body = crate::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    )
+)]
+pub async fn health() -> Json<HealthBody> {
+    Json(HealthBody { status: "ok" })
 }
 
 /// `GET /metrics` → the registry in Prometheus text format.
