@@ -163,7 +163,8 @@ pub async fn get_event(
                 ("ListUserReservations" = (operation_id = "list_reservations",
                     parameters(("userEmail" = "$response.body#/userEmail")))),
             )),
-        (status = 400, description = "`invalid_json`: the body is empty or not JSON.",
+        (status = 400, description = "`invalid_json`: the body is empty or not JSON (a number \
+            too large for a double, such as `1e400`, counts as not JSON).",
             body = ErrorBody),
         (status = 402, description = "`payment_declined`: payments declined the charge (an \
             amount over 10000 is declined); the seats were released.", body = ErrorBody),

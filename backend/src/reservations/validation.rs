@@ -464,7 +464,13 @@ fn parse_selection(field: &str, v: &Value) -> Result<Selection, ApiError> {
         }
         _ => {
             let max = MAX_PER_RESERVATION as u64;
-            match v.as_u64() {
+            // An integral number such as 2.0 is an integer too (JSON Schema, as documented).
+            let integral = v.as_u64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (1.0..=max as f64).contains(f))
+                    .map(|f| f as u64)
+            });
+            match integral {
                 Some(q) if (1..=max).contains(&q) => Ok(Selection::Quantity(q as u32)),
                 _ => Err(ApiError::invalid_request(
                     "quantity",
@@ -552,6 +558,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.selection, Selection::Quantity(3));
+        let r = ReservationRequest::from_json(
+            &json!({"eventId":"EVT-002","quantity":3.0,"userEmail":"a@b.c","amount":5}),
+        )
+        .unwrap();
+        assert_eq!(r.selection, Selection::Quantity(3));
     }
 
     #[test]
@@ -584,6 +595,8 @@ mod tests {
         assert_eq!(field_of(q(json!(0))), "quantity");
         assert_eq!(field_of(q(json!(11))), "quantity");
         assert_eq!(field_of(q(json!(1.5))), "quantity");
+        assert_eq!(field_of(q(json!(11.0))), "quantity");
+        assert_eq!(field_of(q(json!(0.0))), "quantity");
         assert_eq!(field_of(q(json!(-1))), "quantity");
         let s = |v: Value| {
             let mut b = no_sel.clone();
