@@ -199,22 +199,27 @@ pub fn instrument(router: Router, metrics: Arc<Metrics>) -> Router {
 }
 
 /// The standard frame of a backend service around its `api` routes (which should include its
-/// `/ready`): adds `GET /health`, wraps those in the chaos [`crate::chaos::middleware`], then adds
-/// `/admin/chaos` and `GET /metrics` (never subject to chaos) and finally [`instrument`]s the
-/// whole router.
+/// `/ready`): adds `GET /health` and the JSON 404/405 fallbacks, wraps those in the chaos
+/// [`crate::chaos::middleware`], then adds `/admin/chaos` and `GET /metrics` (never subject to
+/// chaos) and finally [`instrument`]s the whole router.
 pub fn service_router(
     api: Router,
     chaos: Arc<crate::chaos::Chaos>,
     metrics: Arc<Metrics>,
 ) -> Router {
+    // Unknown paths and wrong methods get JSON errors like every other answer. The 405 fallback
+    // is set on each group before its layer (a layer hides the routes' methods from it).
     let app = api
         .merge(health_routes())
+        .fallback(crate::error::no_such_route)
+        .method_not_allowed_fallback(crate::error::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&chaos),
             crate::chaos::middleware,
         ))
         .merge(crate::chaos::admin_router(chaos))
-        .merge(metrics_route(Arc::clone(&metrics)));
+        .merge(metrics_route(Arc::clone(&metrics)))
+        .method_not_allowed_fallback(crate::error::method_not_allowed);
     instrument(app, metrics)
 }
 

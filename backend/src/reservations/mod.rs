@@ -26,6 +26,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::chaos::{self, Chaos};
+use crate::error;
 use crate::outbox::{self, OutboxConfig, OutboxMetrics};
 use crate::payments_client::{PaymentsClient, PaymentsClientConfig};
 use crate::store::{Store, StoreConfig};
@@ -104,10 +105,10 @@ pub fn router(state: AppState, chaos: Arc<Chaos>, metrics: Arc<Metrics>) -> Rout
         .merge(telemetry::health_routes())
         .merge(telemetry::metrics_route(metrics.clone()))
         .merge(chaos::admin_router(chaos.clone()))
-        .fallback(api::fallback)
+        .fallback(error::no_such_route)
         // After the merges, so that every route (also /health, /metrics, /admin/chaos) answers
         // a wrong method with the JSON 405, and before the layer, which hides the routes' methods.
-        .method_not_allowed_fallback(api::method_not_allowed)
+        .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             chaos,
             chaos::middleware,
@@ -115,7 +116,7 @@ pub fn router(state: AppState, chaos: Arc<Chaos>, metrics: Arc<Metrics>) -> Rout
         // The API description is no fault-injection target: served outside the chaos layer.
         .route(
             "/openapi.json",
-            get(openapi::openapi_json).fallback(api::method_not_allowed),
+            get(openapi::openapi_json).fallback(error::method_not_allowed),
         );
     telemetry::instrument(app, metrics)
 }
