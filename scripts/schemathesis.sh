@@ -13,8 +13,9 @@
 # Allow), ensure_resource_availability and use_after_free. Not positive_data_acceptance: a
 # schema-valid reservation may rightly be refused by the state of the world (402 over 10000,
 # 422 for seats on a general-admission event, 422 for a reused Idempotency-Key). Phases:
-# examples, coverage, fuzzing, stateful (POST -> GET/cancel/list through the document's links). After the run, GET /admin/audit must report the invariants of
-# SPEC §5 intact, no service may have died or panicked, and each must still answer /health.
+# examples, coverage, fuzzing, stateful (POST -> GET/cancel/list through the document's links).
+# After the run, GET /admin/audit must report the invariants of SPEC §5 intact, no service may
+# have died or panicked, and each must still answer /health.
 #
 # Installs Schemathesis from PyPI into a virtualenv when missing (python3 with venv needed).
 # Stops everything it started on exit. Exits non-zero on any failure.
