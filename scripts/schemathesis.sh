@@ -180,7 +180,7 @@ started=$SECONDS
 log "schemathesis: max-examples $MAX_EXAMPLES, phases $PHASES, seed $SEED"
 st_rc=0
 # Some generated ids are swapped for the demo data's, so the saga and the links get exercised.
-export SCHEMATHESIS_HOOKS="$ROOT/scripts/schemathesis_hooks.py"
+export SCHEMATHESIS_HOOKS="$ROOT/scripts/schemathesis_hooks.py" PYTHONDONTWRITEBYTECODE=1
 # From the report directory: Schemathesis keeps its cache of past failures (replayed first on the
 # next run) in ./.schemathesis.
 (cd "$REPORT_DIR" && exec timeout "$RUN_TIMEOUT" "$ST" run "$BASE/openapi.json" \
