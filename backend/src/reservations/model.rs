@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::keys;
 use crate::store::{Store, StoreError};
@@ -10,24 +11,77 @@ use crate::store::{Store, StoreError};
 /// Saga statuses that are not final: recovery drives them to an end.
 pub const UNFINISHED: [&str; 2] = ["HELD", "PAYMENT_PENDING"];
 
+/// The values of `Reservation.status` (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReservationStatus {
+    /// Seats held, payment not started yet.
+    Held,
+    /// The charge is in flight (or its outcome is being settled).
+    PaymentPending,
+    /// Paid and confirmed.
+    Confirmed,
+    /// Cancelled by the user: refunded, seats released.
+    Cancelled,
+    /// The saga failed (see `failure`); nothing is charged.
+    Failed,
+    /// The hold ran out before payment started.
+    Expired,
+}
+
+/// The values of `HistoryEntry.step`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStep {
+    /// Seats held (→ `HELD`).
+    Hold,
+    /// Charge started (→ `PAYMENT_PENDING`).
+    Payment,
+    /// Charged and confirmed (→ `CONFIRMED`).
+    Confirm,
+    /// Compensated: seats released (→ `FAILED`).
+    Release,
+    /// Hold expired (→ `EXPIRED`).
+    Expire,
+    /// Cancelled and refunded (→ `CANCELLED`).
+    Cancel,
+}
+
+/// The values of `Reservation.notification`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationState {
+    /// In the outbox, not delivered yet.
+    Queued,
+    /// Delivered to the notifications service.
+    Sent,
+    /// Delivery gave up after its retries.
+    Failed,
+}
+
 /// One saga history entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryEntry {
     /// `hold`, `payment`, `confirm`, `release`, `expire`, `cancel`.
+    #[schema(value_type = SagaStep)]
     pub step: String,
     /// Status reached by the step.
+    #[schema(value_type = ReservationStatus)]
     pub status: String,
     /// RFC 3339 time.
+    #[schema(format = DateTime)]
     pub at: String,
 }
 
 /// A reservation (SPEC §4 fields, plus `history` and, when it failed, `failure`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Reservation {
     /// Id (also the payment idempotency key).
+    #[schema(example = "0f8c2b6e4d8a4e53a7b0c6f1e2d3a4b5")]
     pub reservation_id: String,
     /// `HELD`, `PAYMENT_PENDING`, `CONFIRMED`, `CANCELLED`, `FAILED`, `EXPIRED`.
+    #[schema(value_type = ReservationStatus)]
     pub status: String,
     /// Event id.
     pub event_id: String,
@@ -39,11 +93,14 @@ pub struct Reservation {
     pub amount: f64,
     /// Buyer.
     pub user_email: String,
-    /// Payment id once charged.
+    /// Payment id once charged (`null` before).
+    #[schema(required = true)]
     pub payment_id: Option<String>,
     /// `queued`, `sent`, `failed`.
+    #[schema(value_type = NotificationState)]
     pub notification: String,
     /// RFC 3339 creation time.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Saga steps so far (omitted in answers that do not carry it).
     #[serde(skip_serializing_if = "Option::is_none", default)]
