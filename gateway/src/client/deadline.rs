@@ -298,15 +298,14 @@ fn request_line(head: &[u8]) -> &[u8] {
 /// accepts but a strict proxy must not pass on (RFC 9112 §3.2, §6.1-§6.3, RFC 9110 §8.6).
 /// Header *syntax* is left to Pingora's parser, which rejects it (and whose `400` is replaced);
 /// on a syntactically valid head, lines split here exactly as the parser splits them.
-pub fn check_head(head: &[u8]) -> Result<(), Rejection> {
+/// Returns the request line.
+pub fn check_head(head: &[u8]) -> Result<&[u8], Rejection> {
     let mut lines = head
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
         .skip_while(|l| l.is_empty());
-    let version = lines
-        .next()
-        .and_then(|l| l.rsplit(|&b| b == b' ').next())
-        .unwrap_or_default();
+    let line = lines.next().unwrap_or_default();
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
     let http11 = version == b"HTTP/1.1";
     let (mut fields, mut hosts, mut lengths, mut codings) = (0usize, 0u32, 0u32, 0u32);
     let (mut length, mut coding): (&[u8], &[u8]) = (b"", b"");
@@ -362,7 +361,7 @@ pub fn check_head(head: &[u8]) -> Result<(), Rejection> {
     if hosts == 0 && http11 {
         return Err(bad_request("an HTTP/1.1 request must have a Host field"));
     }
-    Ok(())
+    Ok(line)
 }
 
 /// Only `chunked` alone is understood (as by NGINX): `chunked` not last (or not there) → 400,
@@ -565,7 +564,10 @@ impl DeadlineStream {
     }
 
     fn keep_line(&mut self, head: &[u8]) {
-        let line = request_line(head);
+        self.set_line(request_line(head));
+    }
+
+    fn set_line(&mut self, line: &[u8]) {
         self.line.clear();
         self.line
             .extend_from_slice(&line[..line.len().min(REQUEST_LINE_MAX)]);
@@ -634,9 +636,10 @@ impl DeadlineStream {
         )
     }
 
-    /// The current head is complete and passed the checks: Pingora may have it.
-    fn accept(&mut self, head: &[u8]) {
-        self.keep_line(head);
+    /// The current head (this request line) is complete and passed the checks: Pingora may
+    /// have it.
+    fn accept(&mut self, line: &[u8]) {
+        self.set_line(line);
         self.shared.dispatched.store(false, Ordering::Relaxed);
         self.timer = None;
         self.timer_started = None;
@@ -680,10 +683,16 @@ impl DeadlineStream {
         } else {
             check_head(&held[..head_len])
         };
-        match checked {
-            Ok(()) => self.accept(&held[..head_len]),
-            Err(_) => self.keep_line(&held[..head_len]),
-        }
+        let checked = match checked {
+            Ok(line) => {
+                self.accept(line);
+                Ok(())
+            }
+            Err(r) => {
+                self.keep_line(&held[..head_len]);
+                Err(r)
+            }
+        };
         self.held = held;
         if let Err(r) = checked {
             return self.refuse(r, cx);
@@ -750,9 +759,9 @@ impl DeadlineStream {
                     };
                     let head = &new[..end];
                     return match checked {
-                        Ok(()) => {
-                            // `accept` needs `self` while `head` borrows `buf`: fine.
-                            self.accept(head);
+                        Ok(line) => {
+                            // `accept` needs `self` while `line` borrows `buf`: fine.
+                            self.accept(line);
                             self.phase = Phase::Body;
                             Poll::Ready(Ok(()))
                         }
@@ -1200,7 +1209,10 @@ mod tests {
         // Host: exactly one in HTTP/1.1; none needed in HTTP/1.0; no TE in HTTP/1.0.
         assert_eq!(status(""), Some(400));
         assert_eq!(status("Host: a\r\nHost: b\r\n"), Some(400));
-        assert_eq!(check_head(b"GET / HTTP/1.0\r\n\r\n"), Ok(()));
+        assert_eq!(
+            check_head(b"GET / HTTP/1.0\r\n\r\n"),
+            Ok(&b"GET / HTTP/1.0"[..])
+        );
         assert_eq!(
             check_head(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n")
                 .map_err(|r| r.status),
@@ -1212,7 +1224,10 @@ mod tests {
         let enough: String = (0..255).map(|i| format!("X-{i}: v\r\n")).collect();
         assert_eq!(status(&format!("Host: t\r\n{enough}")), None);
         // Leading empty lines and bare LF line ends.
-        assert_eq!(check_head(b"\r\nGET / HTTP/1.1\nHost: t\n\n"), Ok(()));
+        assert_eq!(
+            check_head(b"\r\nGET / HTTP/1.1\nHost: t\n\n"),
+            Ok(&b"GET / HTTP/1.1"[..])
+        );
     }
 
     #[test]
