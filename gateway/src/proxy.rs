@@ -455,6 +455,17 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // The head reached the proxy logic: its answer is written, counted and logged here, so
+        // the connection must pass it untouched (client/deadline.rs).
+        client::deadline::mark_dispatched();
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         // The time spent reading the head is not the route's; start the clock here.
         ctx.started = Instant::now();
