@@ -473,6 +473,11 @@ impl ProxyHttp for Gateway {
         let snap = self.state.snapshot();
         ctx.snapshot = Some(Arc::clone(&snap));
         let cfg = &snap.config;
+        if session.get_keepalive().is_some() {
+            // Pingora keeps an HTTP/1.1 connection idle for ever between requests; bound it.
+            let secs = cfg.client.keepalive_timeout.as_millis().div_ceil(1000) as u64;
+            session.set_keepalive(Some(secs));
+        }
 
         let peer = session
             .client_addr()
