@@ -58,6 +58,8 @@ enum Failure {
     BodyTooLarge,
     /// The client sent its body too slowly (`body_timeout`, or the deadline passed first).
     ClientTimeout,
+    /// The gateway itself ran out of a local resource (fds, buffers, ports) connecting upstream.
+    LocalResource,
 }
 
 /// The server of the current attempt.
@@ -255,6 +257,12 @@ fn failure_answer(failure: Option<Failure>, e: &Error) -> Option<Answer> {
             Answer::error(504, "upstream_timeout", "the route's deadline passed")
         }
         Some(Failure::ClientTimeout) => request_timeout(),
+        Some(Failure::LocalResource) => Answer::error(
+            503,
+            "gateway_overloaded",
+            "the gateway is out of local resources (connections); try again",
+        )
+        .header("retry-after", "1"),
         Some(Failure::Unreachable) => Answer::error(
             502,
             "upstream_unreachable",
@@ -744,6 +752,15 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(kind) = crate::upstream::local_resource_error(&e) {
+            // The gateway's own shortage (EMFILE...): nothing about the server, and another
+            // server would fail the same way. Answer 503 at once, charge no one.
+            kind.record();
+            ctx.report_attempt(&self.state, Outcome::Neutral);
+            ctx.failure = Some(Failure::LocalResource);
+            e.set_retry(false);
+            return e;
+        }
         // Nothing was sent: safe to try another server while `retries` allow. Only connect
         // failures mark a server as tried: a stale pooled connection that Pingora retries on a
         // fresh one (idempotent requests only) may go to the same server again.
