@@ -515,4 +515,13 @@ mod tests {
         assert_eq!(parse_step(v(&["err", "busy", ""])), Step::Busy);
         assert_eq!(parse_step(v(&["err", "lost", "A1"])), Step::Lost);
     }
+
+    /// Gap 4 of issue 10: a reply the wrapper does not know must be an error, never a saga
+    /// decision ("lost" makes the saga refund a successful charge).
+    #[test]
+    fn an_unknown_reply_is_never_a_decision() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_ne!(parse_step(v(&["surprise"])), Step::Lost);
+        assert_ne!(parse_step(v(&["err", "NOSCRIPT-ish"])), Step::Lost);
+    }
 }
