@@ -10,7 +10,12 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn payments_process_serves_the_api() {
-    let p = BackendProcess::start("payments", &[], &[("DECLINE_ABOVE", "100")]);
+    let redis = common::RedisServer::start();
+    let p = BackendProcess::start(
+        "payments",
+        &[],
+        &[("DECLINE_ABOVE", "100"), ("REDIS_URL", &redis.url())],
+    );
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -55,12 +60,14 @@ async fn payments_process_serves_the_api() {
 
 #[tokio::test]
 async fn request_id_appears_in_json_logs_and_sigterm_stops_cleanly() {
+    let redis = common::RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("payments.log");
     let port = common::free_port();
     let mut child = std::process::Command::new(common::backend_bin())
         .args(["payments", "--listen", &format!("127.0.0.1:{port}")])
         .env("LOG_FORMAT", "json")
+        .env("REDIS_URL", redis.url())
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())

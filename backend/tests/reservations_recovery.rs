@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use backend::chaos::Chaos;
-use backend::reservations::inventory::{HoldOutcome, HoldRequest, Inventory};
+use backend::reservations::inventory::{HoldOutcome, HoldRequest, HoldTiming, Inventory};
 use backend::reservations::saga::now;
 use backend::store::{Store, StoreConfig};
 use reservations_support::{assert_no_net_charge, eventually, seat_body, Stack};
@@ -190,11 +190,14 @@ async fn an_abandoned_hold_returns_to_stock_after_its_ttl() {
                 user_email: "gone@x.io",
                 idempotency: None,
             },
-            now_ms,
-            &now_iso,
-            1000,
-            1000,
-            "a-dead-replica",
+            &HoldTiming {
+                now_ms,
+                now_iso: &now_iso,
+                hold_ttl_ms: 1000,
+                lease_ms: 1000,
+                owner: "a-dead-replica",
+                pay_within_ms: None,
+            },
         )
         .await
         .expect("hold");
