@@ -234,8 +234,10 @@ impl Saga {
         Err(err)
     }
 
-    /// A saga that can never confirm (seats lost, too late, abandoned) but may be charged:
-    /// refund within the deadline, then release; what is left goes to the background.
+    /// A saga that can never confirm any more (seats lost, too late, abandoned, ended elsewhere)
+    /// but may be charged: refund within the deadline, then release; what is left goes to the
+    /// background. Never called while the saga could still confirm: a refund must not race a
+    /// confirmation.
     async fn compensate(&self, p: &Pending, failure: Failure) -> Result<Reserved, SagaError> {
         let refund_by = p.deadline.checked_sub(ANSWER_MARGIN).unwrap_or(p.deadline);
         let refund = self.payer.refund(p.res_id(), refund_by);
@@ -261,7 +263,9 @@ impl Saga {
             let status = self.payer.status(p.res_id(), p.pay_by());
             match self.with_lease(&p.lease, status).await {
                 Ok(PaymentState::Charged(payment_id)) => return self.confirm(p, payment_id).await,
-                Ok(PaymentState::NotCharged) => return self.refund_uncharged(p).await,
+                // Not charged yet: a charge may still land, so decide first, then refund (which
+                // also makes payments refuse a late charge).
+                Ok(PaymentState::NotCharged) => return self.abandon(p).await,
                 Err(e) => {
                     tracing::warn!(reservation = %p.res_id(), error = %e, "payment status unknown")
                 }
@@ -270,28 +274,11 @@ impl Saga {
         self.abandon(p).await
     }
 
-    /// Payments says "not charged": record a refund there (a charge still on its way is then
-    /// refused) and release. If payments cannot take the refund now, abandon.
-    async fn refund_uncharged(&self, p: Pending) -> Result<Reserved, SagaError> {
-        let refund_by = p.deadline.checked_sub(ANSWER_MARGIN).unwrap_or(p.deadline);
-        let refund = self.payer.refund(p.res_id(), refund_by);
-        if self.with_lease(&p.lease, refund).await.is_err() {
-            return self.abandon(p).await;
-        }
-        let released = self
-            .release(p.res_id(), p.event_id(), p.idem(), Failure::PaymentTimeout)
-            .await;
-        if let Err(e) = released {
-            // Payments holds the refund: recovery sees "not charged" and releases.
-            tracing::warn!(reservation = %p.res_id(), error = %e, "release failed; recovery will finish");
-        }
-        Err(SagaError::failed(Failure::PaymentTimeout))
-    }
-
     /// Decides "never confirm, refund" and answers 504 — but only once that decision is durable:
     /// written by `abandon.lua`, or, when Redis refuses the write, implied by confirmBy having
-    /// passed while our lease still covered it (so nobody confirmed before). Otherwise the
-    /// outcome is left to recovery and the answer says so.
+    /// passed while our lease still covered it (so nobody confirmed before). Then refunds within
+    /// the deadline (the rest in the background). Otherwise the outcome is left to recovery and
+    /// the answer says so.
     async fn abandon(&self, p: Pending) -> Result<Reserved, SagaError> {
         let decided = match self.inv.abandon(p.res_id()).await {
             Ok(Step::WrongState(ReservationStatus::Confirmed, _)) => {
@@ -313,8 +300,7 @@ impl Saga {
                 retry_after_secs: 1,
             });
         }
-        self.spawn_settle(p.res_id(), p.event_id(), p.idem(), Failure::PaymentTimeout);
-        Err(SagaError::failed(Failure::PaymentTimeout))
+        self.compensate(&p, Failure::PaymentTimeout).await
     }
 
     /// Waits until confirmBy has passed (if that is within the deadline); true if our lease

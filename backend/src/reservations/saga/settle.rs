@@ -58,8 +58,10 @@ impl Saga {
         );
     }
 
-    /// Refunds (or records a refund before any charge), then releases as FAILED. True once
-    /// both are done or the saga had already ended.
+    /// Makes the saga non-confirmable (`abandon.lua`), refunds (or records a refund before any
+    /// charge), then releases as FAILED. True once done, or if the saga turned out CONFIRMED
+    /// (then there is nothing to refund). The mark comes first so that a refund never races a
+    /// confirmation by another replica.
     pub(super) async fn refund_and_release(
         &self,
         lease: &Lease,
@@ -68,6 +70,20 @@ impl Saga {
         idem: Option<&str>,
         failure: Failure,
     ) -> bool {
+        match self.inv.abandon(res_id).await {
+            Ok(Step::WrongState(ReservationStatus::Confirmed, _)) => {
+                tracing::info!(
+                    reservation = res_id,
+                    "confirmed meanwhile: nothing to refund"
+                );
+                return true;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(reservation = res_id, error = %e, "abandon mark failed; will retry");
+                return false;
+            }
+        }
         let deadline = Instant::now() + self.cfg.request_deadline;
         if let Err(e) = self
             .with_lease(lease, self.payer.refund(res_id, deadline))
