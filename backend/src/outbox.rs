@@ -413,6 +413,8 @@ impl Worker {
             .get_multiplexed_async_connection_with_config(&conn_cfg)
             .await?;
         self.ensure_group(&mut conn).await?;
+        // Marks are sent in pipelines, which do not reload a script on NOSCRIPT: load it here.
+        self.mark.load_async(&mut conn).await?;
         tracing::info!(consumer = %self.consumer, "outbox worker consuming {STREAM}");
         // Our own entries left unacknowledged by a previous life of this consumer (bounded: each
         // round acknowledges the whole batch, so this ends once the history is drained).
@@ -562,18 +564,21 @@ impl Worker {
                 }
             }
         }
+        // One round trip for every mark (the script was loaded when the session started).
+        let mut p = redis::pipe();
         for (reservation_id, outcome) in marks {
             let value = match outcome {
                 Delivery::Sent => "sent",
                 Delivery::Failed => "failed",
             };
-            let _: i64 = self
-                .mark
-                .key(keys::reservation(reservation_id))
+            p.cmd("EVALSHA")
+                .arg(self.mark.get_hash())
+                .arg(1)
+                .arg(keys::reservation(reservation_id))
                 .arg(value)
-                .invoke_async(conn)
-                .await?;
+                .ignore();
         }
+        p.query_async::<()>(conn).await?;
         let ids: Vec<&str> = messages.iter().map(|m| m.entry_id.as_str()).collect();
         redis::pipe()
             .atomic()

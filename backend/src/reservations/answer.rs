@@ -13,7 +13,7 @@ use crate::store::StoreError;
 /// The metric label of a `POST /api/reservations` result.
 pub fn outcome_label(result: &Result<Reserved, SagaError>) -> &'static str {
     match result {
-        Ok(Reserved::Created(_)) => "confirmed",
+        Ok(Reserved::Created { .. }) => "confirmed",
         Ok(Reserved::Replayed { .. }) => "replay",
         Err(e) => error_label(e),
     }
@@ -36,18 +36,23 @@ fn error_label(e: &SagaError) -> &'static str {
 /// The answer to a `POST /api/reservations`.
 pub fn reservation_response(result: Result<Reserved, SagaError>) -> Response {
     match result {
-        Ok(Reserved::Created(view)) => (StatusCode::CREATED, axum::Json(view)).into_response(),
-        Ok(Reserved::Replayed { status, body }) => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
-            let mut r = (status, body).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            r
-        }
+        Ok(Reserved::Created { body, .. }) => json_body(StatusCode::CREATED, body),
+        Ok(Reserved::Replayed { status, body }) => json_body(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED),
+            body,
+        ),
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// A JSON answer from an already serialized body.
+fn json_body(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 impl From<SagaError> for ApiError {

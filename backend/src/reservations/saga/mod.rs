@@ -102,8 +102,13 @@ impl SagaMetrics {
 /// A successful `POST /api/reservations`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reserved {
-    /// Confirmed now.
-    Created(Box<Reservation>),
+    /// Confirmed (now, or by the first request with this saga).
+    Created {
+        /// The reservation.
+        view: Box<Reservation>,
+        /// Its JSON, serialized once (also what confirm.lua stored for idempotent replays).
+        body: String,
+    },
     /// The stored answer of an earlier request with the same `Idempotency-Key` and body.
     Replayed {
         /// Its HTTP status.
@@ -124,6 +129,18 @@ pub struct Saga {
     pub cfg: Arc<SagaConfig>,
     /// Counters.
     pub metrics: SagaMetrics,
+}
+
+impl Reserved {
+    /// A confirmed reservation and its JSON.
+    pub fn created(view: Reservation) -> Result<Self, crate::reservations::error::SagaError> {
+        let body = serde_json::to_string(&view)
+            .map_err(|e| crate::reservations::error::SagaError::Internal(e.to_string()))?;
+        Ok(Self::Created {
+            view: Box::new(view),
+            body,
+        })
+    }
 }
 
 /// Current time as (ms since the epoch, RFC 3339 text).

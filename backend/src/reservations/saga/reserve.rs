@@ -179,13 +179,15 @@ impl Saga {
         }
         let body =
             serde_json::to_string(&p.view).map_err(|e| SagaError::Internal(e.to_string()))?;
+        // Stored only for an idempotent replay: no key, no need to ship it to Redis.
+        let stored_body = if p.idem.is_some() { body.as_str() } else { "" };
         let payload = notification_payload(&p.view, "reservation_confirmed");
         let c = Confirmation {
             res_id: p.res_id(),
             event_id: p.event_id(),
             idempotency_key: p.idem(),
             payment_id: &payment_id,
-            response_body: &body,
+            response_body: stored_body,
             notification_payload: &payload,
             now_iso: &now_iso,
         };
@@ -200,7 +202,10 @@ impl Saga {
             match self.inv.confirm(&c).await {
                 // WrongState(CONFIRMED): an earlier attempt whose answer was lost did it.
                 Ok(Step::Done(_) | Step::WrongState(ReservationStatus::Confirmed, _)) => {
-                    return Ok(Reserved::Created(Box::new(p.view)))
+                    return Ok(Reserved::Created {
+                        view: Box::new(p.view),
+                        body,
+                    })
                 }
                 Ok(Step::Lost) => return self.compensate(&p, Failure::SeatUnavailable).await,
                 Ok(step) => {
@@ -316,7 +321,7 @@ impl Saga {
     /// Recovery confirmed the saga while this request was settling: answer with it.
     async fn confirmed_meanwhile(&self, p: &Pending) -> Result<Reserved, SagaError> {
         match self.inv.load(p.res_id()).await? {
-            Some(rec) => Ok(Reserved::Created(Box::new(rec.view))),
+            Some(rec) => Reserved::created(rec.view),
             None => Err(SagaError::Internal("confirmed reservation vanished".into())),
         }
     }
@@ -355,7 +360,7 @@ impl Saga {
                     r.failure().unwrap_or(Failure::PaymentTimeout),
                 ))
             }
-            Some(r) => Ok(Reserved::Created(Box::new(r.view))),
+            Some(r) => Reserved::created(r.view),
         }
     }
 }
