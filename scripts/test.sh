@@ -10,6 +10,7 @@
 #   SKIP_LOCAL=1     skip the scenarios against the local (no Docker) stack
 #   SKIP_COMPOSE=1   skip the docker compose smoke test
 #   COMPOSE_SCENARIOS=0  compose smoke test without `loadtest scenario all --compose`
+#   SKIP_SCHEMATHESIS=1  skip the Schemathesis run against the reservations OpenAPI document
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,6 +26,9 @@ command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light)
 command -v wrk >/dev/null || need_pkgs+=(wrk)
 command -v curl >/dev/null || need_pkgs+=(curl)
+command -v slowhttptest >/dev/null || need_pkgs+=(slowhttptest)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+python3 -c 'import ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 command -v chromium >/dev/null || need_pkgs+=(chromium)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -51,6 +55,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # --- 3. unit, integration, concurrency and browser tests ---------------------------------------
 step "cargo test (workspace)"
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
+
+# --- 3b. the reservations API against its own OpenAPI document ---------------------------------
+if [ "${SKIP_SCHEMATHESIS:-0}" != 1 ]; then
+  step "schemathesis against the reservations OpenAPI document"
+  timeout 900 scripts/schemathesis.sh
+fi
 
 # --- 4. the demo scenarios against the local stack, without Docker ------------------------------
 if [ "${SKIP_LOCAL:-0}" != 1 ]; then

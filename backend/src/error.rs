@@ -4,7 +4,24 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// The JSON body of every error answer (what `ApiError::body` writes).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[schema(example = json!({"error": "invalid_request", "message": "amount is required", "field": "amount"}))]
+pub struct ErrorBody {
+    /// snake_case machine-readable code, e.g. `seat_unavailable` (each response lists its codes).
+    pub error: String,
+    /// Human-readable explanation.
+    pub message: String,
+    /// Extra fields of some errors: `field` (the offending request field of `invalid_request`),
+    /// `status` (the reservation status of `not_cancellable`), `reservationId` (a charged
+    /// reservation that will be confirmed once the inventory store answers again).
+    #[serde(flatten)]
+    pub details: Map<String, Value>,
+}
 
 /// An HTTP error answer: status, machine code, human message, optional `Retry-After` and extra
 /// JSON fields.
@@ -117,14 +134,32 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> Value {
-        let mut body = Map::new();
-        body.insert("error".into(), Value::from(self.code));
-        body.insert("message".into(), Value::from(self.message.clone()));
-        for (k, v) in &self.extra {
-            body.insert(k.clone(), v.clone());
-        }
-        Value::Object(body)
+        let body = ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message.clone(),
+            details: self
+                .extra
+                .iter()
+                .filter(|(k, _)| k.as_str() != "error" && k.as_str() != "message")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        serde_json::to_value(body).unwrap_or(Value::Null)
     }
+}
+
+/// Router fallback: JSON 404 `not_found` for a path no route matches.
+pub async fn no_such_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+/// Router method-not-allowed fallback: JSON 405 `method_not_allowed` (axum adds `Allow`).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this path does not accept that method",
+    )
 }
 
 impl IntoResponse for ApiError {

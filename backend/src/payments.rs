@@ -33,6 +33,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -491,8 +492,10 @@ async fn charge(State(st): State<PaymentsState>, body: Bytes) -> Result<Response
 
 async fn get_payment(
     State(st): State<PaymentsState>,
-    Path(reservation_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Payment>, ApiError> {
+    // An id that is not UTF-8 once percent-decoded names no payment (axum would answer 400 text).
+    let reservation_id = path.map(|Path(id)| id).unwrap_or_default();
     st.ledger
         .get(&reservation_id)
         .await?
@@ -502,8 +505,10 @@ async fn get_payment(
 
 async fn refund(
     State(st): State<PaymentsState>,
-    Path(reservation_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Payment>, ApiError> {
+    // An id that is not UTF-8 once percent-decoded names no payment (axum would answer 400 text).
+    let reservation_id = path.map(|Path(id)| id).unwrap_or_default();
     match st.ledger.refund(&reservation_id).await {
         Ok(p) => {
             st.count("refund", "refunded");

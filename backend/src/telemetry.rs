@@ -24,7 +24,6 @@ use axum::{Json, Router};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
-use serde_json::json;
 use tracing::Instrument;
 
 /// The request id header (SPEC §4).
@@ -200,22 +199,27 @@ pub fn instrument(router: Router, metrics: Arc<Metrics>) -> Router {
 }
 
 /// The standard frame of a backend service around its `api` routes (which should include its
-/// `/ready`): adds `GET /health`, wraps those in the chaos [`crate::chaos::middleware`], then adds
-/// `/admin/chaos` and `GET /metrics` (never subject to chaos) and finally [`instrument`]s the
-/// whole router.
+/// `/ready`): adds `GET /health` and the JSON 404/405 fallbacks, wraps those in the chaos
+/// [`crate::chaos::middleware`], then adds `/admin/chaos` and `GET /metrics` (never subject to
+/// chaos) and finally [`instrument`]s the whole router.
 pub fn service_router(
     api: Router,
     chaos: Arc<crate::chaos::Chaos>,
     metrics: Arc<Metrics>,
 ) -> Router {
+    // Unknown paths and wrong methods get JSON errors like every other answer. The 405 fallback
+    // is set on each group before its layer (a layer hides the routes' methods from it).
     let app = api
         .merge(health_routes())
+        .fallback(crate::error::no_such_route)
+        .method_not_allowed_fallback(crate::error::method_not_allowed)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&chaos),
             crate::chaos::middleware,
         ))
         .merge(crate::chaos::admin_router(chaos))
-        .merge(metrics_route(Arc::clone(&metrics)));
+        .merge(metrics_route(Arc::clone(&metrics)))
+        .method_not_allowed_fallback(crate::error::method_not_allowed);
     instrument(app, metrics)
 }
 
@@ -261,8 +265,29 @@ pub fn health_routes() -> Router {
     Router::new().route("/health", get(health))
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /health` body.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct HealthBody {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// `GET /health`: liveness (the process serves HTTP).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    summary = "Liveness",
+    responses(
+        (status = 200, description = "The process serves HTTP.", body = HealthBody),
+        (status = 503, description = "`service_down`: chaos `down` is on.",
+            body = crate::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    )
+)]
+pub async fn health() -> Json<HealthBody> {
+    Json(HealthBody { status: "ok" })
 }
 
 /// `GET /metrics` → the registry in Prometheus text format.

@@ -150,3 +150,28 @@ async fn chaos_down_then_reset() {
     .await;
     assert_eq!(s, StatusCode::CREATED);
 }
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_get_json_errors() {
+    let base = start().await;
+    let c = http();
+    for (method, path, status, code) in [
+        (reqwest::Method::GET, "/no/such/route", 404, "not_found"),
+        (
+            reqwest::Method::DELETE,
+            "/notifications",
+            405,
+            "method_not_allowed",
+        ),
+        (reqwest::Method::PUT, "/health", 405, "method_not_allowed"),
+    ] {
+        let resp = c
+            .request(method.clone(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"], code, "{method} {path}");
+    }
+}

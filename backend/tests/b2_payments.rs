@@ -475,3 +475,62 @@ async fn request_id_is_echoed_and_metrics_use_route_templates() {
     );
     assert!(text.contains("http_request_duration_seconds_bucket"));
 }
+
+#[tokio::test]
+async fn unknown_routes_wrong_methods_and_undecodable_ids_get_json_errors() {
+    let (base, _redis) = start().await;
+    let c = http();
+    let cases = [
+        (
+            reqwest::Method::GET,
+            "/payments/%FF%FE",
+            404,
+            "payment_not_found",
+        ),
+        (
+            reqwest::Method::POST,
+            "/payments/%FF/refund",
+            404,
+            "payment_not_found",
+        ),
+        (reqwest::Method::GET, "/no/such/route", 404, "not_found"),
+        (
+            reqwest::Method::DELETE,
+            "/payments",
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/health",
+            405,
+            "method_not_allowed",
+        ),
+        (reqwest::Method::POST, "/metrics", 405, "method_not_allowed"),
+        (
+            reqwest::Method::POST,
+            "/admin/chaos",
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, path, status, code) in cases {
+        let resp = c
+            .request(method.clone(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let json = resp
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        assert!(json, "{method} {path}: not JSON");
+        if status == 405 {
+            assert!(resp.headers().contains_key("allow"), "{method} {path}");
+        }
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"], code, "{method} {path}");
+        assert!(v["message"].is_string(), "{method} {path}");
+    }
+}

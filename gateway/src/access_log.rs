@@ -1,4 +1,5 @@
-//! One structured access-log line per request (target `access`), written from `logging()`.
+//! One structured access-log line per request (target `access`), written from `logging()`, and
+//! one per answer given before a request reached the proxy logic ([`write_early`]).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -69,6 +70,43 @@ pub fn write(e: &Entry<'_>) {
         error = e.error.unwrap_or("-"),
         "request"
     );
+}
+
+/// An answer given on the connection before the proxy logic saw the request (a head refused
+/// while it was read or parsed, a late head): see `client::deadline`.
+#[derive(Debug)]
+pub struct EarlyEntry<'a> {
+    /// The `X-Request-Id` sent with the answer.
+    pub request_id: &'a str,
+    /// The socket peer (trusted proxies are not applied: the head was not read).
+    pub client_ip: Option<IpAddr>,
+    /// Method from the request line, `-` when unknown.
+    pub method: &'a str,
+    /// Path from the request line, `-` when unknown.
+    pub path: &'a str,
+    /// Response status.
+    pub status: u16,
+    /// Milliseconds the head took, when it was held back (else 0).
+    pub duration_ms: f64,
+    /// Why the request was refused.
+    pub reason: &'a str,
+}
+
+/// Writes the line for an early answer: the same fields as [`write`], route `none`, the reason
+/// as the error.
+pub fn write_early(e: &EarlyEntry<'_>) {
+    write(&Entry {
+        request_id: e.request_id,
+        client_ip: e.client_ip,
+        method: e.method,
+        path: e.path,
+        route: "none",
+        upstream_server: None,
+        status: e.status,
+        duration_ms: e.duration_ms,
+        limiter: &LimiterNote::Pass,
+        error: Some(e.reason),
+    });
 }
 
 struct DisplayOpt<'a, T>(Option<&'a T>);

@@ -161,6 +161,7 @@ impl Metrics {
         }
         let mut out = String::from_utf8(buf).unwrap_or_default();
         render_upstreams(&mut out, upstreams);
+        render_local_resource_errors(&mut out);
         out
     }
 }
@@ -247,5 +248,20 @@ fn render_upstreams(out: &mut String, st: &UpstreamsStatus) {
                 s.ejections_total
             );
         }
+    }
+}
+
+/// `gateway_local_resource_errors_total{kind}`: process-wide counters kept by the upstream module.
+fn render_local_resource_errors(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "# HELP gateway_local_resource_errors_total Upstream connects and health checks that failed for lack of a local resource (fds, buffers, memory, ports), never counted against the server"
+    );
+    let _ = writeln!(out, "# TYPE gateway_local_resource_errors_total counter");
+    for (kind, n) in crate::upstream::local_resource_errors() {
+        let _ = writeln!(
+            out,
+            "gateway_local_resource_errors_total{{kind=\"{kind}\"}} {n}"
+        );
     }
 }

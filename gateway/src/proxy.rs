@@ -2,8 +2,8 @@
 //! in ARCHITECTURE.md and only calls into the modules that own each concept:
 //!
 //! ```text
-//! request_filter   request id → /health → route → client_ip → body size → limit_req
-//!                  → limit_conn → bulkhead → breaker
+//! request_filter   request id → path normalized → /health → route → client_ip → body size
+//!                  → limit_req → limit_conn → body received → bulkhead → breaker
 //! upstream_peer    select a server not yet tried → HttpPeer with timeouts capped by the deadline
 //! fail_to_connect  report the failure; retry on another server while `retries` allow
 //! upstream_*       headers upstream; outcome (status → success/failure/neutral) → pool + breaker
@@ -20,10 +20,11 @@ use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::{Error, ErrorSource, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 
 use crate::access_log::{self, LimiterNote};
 use crate::admission::{self, ConnOutcome, RateLimitFields, ReqOutcome};
+use crate::client::body::{self as req_body, BodyError, Plan};
 use crate::client::{self, BodyLimit, DeclaredBody};
 use crate::limit::ConnPermit;
 use crate::respond::{self, Answer};
@@ -55,6 +56,8 @@ enum Failure {
     Deadline,
     /// The request body exceeded `max_body_bytes`.
     BodyTooLarge,
+    /// The client sent its body too slowly (`body_timeout`, or the deadline passed first).
+    ClientTimeout,
 }
 
 /// The server of the current attempt.
@@ -64,6 +67,8 @@ struct Attempt {
     _guard: ServerInflightGuard,
     /// The outcome was already reported for this attempt.
     reported: bool,
+    /// The attempt's timeouts were cut short by the route deadline.
+    capped: bool,
 }
 
 /// Per-request state. Dropped when the request ends, which releases the `limit_conn` permits,
@@ -87,6 +92,17 @@ pub struct RequestCtx {
     deadline: Option<Instant>,
     /// Request body bytes counted against `max_body_bytes`.
     body: BodyLimit,
+    /// How the body is handled; `Buffer` once it has been received whole.
+    body_plan: Plan,
+    /// The body was chunked and received whole: it goes upstream with this `Content-Length`.
+    body_length: Option<u64>,
+    /// `100 Continue` was sent by the gateway (the upstream is not asked again).
+    continue_sent: bool,
+    /// The normalized path, when it differs from what the client sent (forwarded instead).
+    upstream_path: Option<String>,
+    /// Time spent before the upstream was asked: limiter delay, receiving the body, bulkhead
+    /// queue. A timeout that this time cut short is not the upstream's failure.
+    local_wait: Duration,
     /// What the limiters did, for the access log.
     limiter: LimiterNote,
     /// Metric bookkeeping, recorded once in `logging`.
@@ -127,6 +143,28 @@ impl RequestCtx {
         self.deadline.map_or(Duration::MAX, |d| {
             d.saturating_duration_since(Instant::now())
         })
+    }
+
+    /// Whether `e` (or the gateway's own `failure`) says something about the upstream's health.
+    /// Only what the upstream did counts: the client's slowness, the gateway's own queueing and
+    /// a deadline that ran out before the upstream was asked are neutral.
+    fn outcome_of(&self, e: &Error) -> Outcome {
+        let timed_out = match self.failure {
+            Some(Failure::Deadline) => true,
+            Some(_) => return Outcome::Neutral,
+            None if *e.esource() == ErrorSource::Upstream => is_timeout(e),
+            None => return Outcome::Neutral,
+        };
+        if !timed_out {
+            return Outcome::Failure;
+        }
+        match &self.attempt {
+            // The deadline passed before any attempt: all of it was spent in the gateway.
+            None => Outcome::Neutral,
+            // The attempt had less than its own timeout because of time spent before it.
+            Some(a) if a.capped && !self.local_wait.is_zero() => Outcome::Neutral,
+            Some(_) => Outcome::Failure,
+        }
     }
 
     /// Reports the current attempt's outcome to its server (once).
@@ -216,6 +254,7 @@ fn failure_answer(failure: Option<Failure>, e: &Error) -> Option<Answer> {
         Some(Failure::Deadline) => {
             Answer::error(504, "upstream_timeout", "the route's deadline passed")
         }
+        Some(Failure::ClientTimeout) => request_timeout(),
         Some(Failure::Unreachable) => Answer::error(
             502,
             "upstream_unreachable",
@@ -238,12 +277,7 @@ fn failure_answer(failure: Option<Failure>, e: &Error) -> Option<Answer> {
                 "the upstream server sent an invalid response",
             ),
             ErrorSource::Downstream => match e.etype() {
-                ErrorType::ReadTimedout => Answer::error(
-                    408,
-                    "request_timeout",
-                    "the request was not received in time",
-                )
-                .closing(),
+                ErrorType::ReadTimedout => request_timeout(),
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
                     return None
                 }
@@ -263,14 +297,23 @@ fn failure_answer(failure: Option<Failure>, e: &Error) -> Option<Answer> {
     })
 }
 
-/// Whether `e` says something about the upstream server's health.
-fn error_outcome(failure: Option<Failure>, e: &Error) -> Outcome {
-    match failure {
-        Some(Failure::Deadline) => Outcome::Failure,
-        Some(_) => Outcome::Neutral,
-        None if *e.esource() == ErrorSource::Upstream => Outcome::Failure,
-        None => Outcome::Neutral,
-    }
+/// 408 `request_timeout`: the client did not send its request in time (closes).
+fn request_timeout() -> Answer {
+    Answer::error(
+        408,
+        "request_timeout",
+        "the request body was not received in time",
+    )
+    .closing()
+}
+
+/// The status of the final response already sent to the client, if any (`100 Continue` and
+/// other informational heads do not count: an answer can still follow them).
+fn final_status(session: &Session) -> Option<u16> {
+    session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .filter(|s| *s >= 200)
 }
 
 impl Gateway {
@@ -288,6 +331,67 @@ impl Gateway {
             Err(e) => {
                 tracing::debug!(error = %e, "writing a local answer failed");
                 false
+            }
+        }
+    }
+
+    /// Receives the request body according to its [`Plan`]. Returns the answer to send when the
+    /// request ends here (413, 408), or `None` to go on.
+    async fn receive_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        client: &crate::config::model::ClientSettings,
+    ) -> Option<Answer> {
+        ctx.body_plan = req_body::plan(session, client.max_body_bytes);
+        let deadline = ctx
+            .deadline
+            .unwrap_or_else(|| Instant::now() + client.body_timeout);
+        match ctx.body_plan {
+            Plan::Empty => None,
+            Plan::Stream => {
+                // Bounded read by read in `request_body_filter`.
+                let left = deadline.saturating_duration_since(Instant::now());
+                session.set_read_timeout(Some(client.body_timeout.min(left)));
+                None
+            }
+            Plan::Buffer => {
+                let received =
+                    req_body::receive(session, &mut ctx.body, client.body_timeout, deadline).await;
+                match received {
+                    Ok(r) => {
+                        ctx.local_wait += r.took;
+                        ctx.continue_sent = r.continue_sent;
+                        let chunked = session
+                            .req_header()
+                            .headers
+                            .contains_key(http::header::TRANSFER_ENCODING);
+                        ctx.body_length = chunked.then_some(r.bytes);
+                        None
+                    }
+                    Err(BodyError::TooLarge) => {
+                        ctx.failure = Some(Failure::BodyTooLarge);
+                        Some(
+                            Answer::error(
+                                413,
+                                "payload_too_large",
+                                "request body exceeds max_body_bytes",
+                            )
+                            .closing(),
+                        )
+                    }
+                    Err(BodyError::TooSlow) => {
+                        ctx.failure = Some(Failure::ClientTimeout);
+                        Some(request_timeout())
+                    }
+                    Err(BodyError::Broken(e)) => {
+                        tracing::debug!(error = %e, "reading the request body failed");
+                        Some(
+                            Answer::error(400, "bad_request", "the request body could not be read")
+                                .closing(),
+                        )
+                    }
+                }
             }
         }
     }
@@ -325,6 +429,11 @@ impl ProxyHttp for Gateway {
             client_ip: None,
             deadline: None,
             body: BodyLimit::new(u64::MAX),
+            body_plan: Plan::Empty,
+            body_length: None,
+            continue_sent: false,
+            upstream_path: None,
+            local_wait: Duration::ZERO,
             limiter: LimiterNote::Pass,
             delayed_zone: None,
             dry_run_req: Vec::new(),
@@ -346,6 +455,17 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn early_request_filter(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        // The head reached the proxy logic: its answer is written, counted and logged here, so
+        // the connection must pass it untouched (client/deadline.rs).
+        client::deadline::mark_dispatched();
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         // The time spent reading the head is not the route's; start the clock here.
         ctx.started = Instant::now();
@@ -353,6 +473,11 @@ impl ProxyHttp for Gateway {
         let snap = self.state.snapshot();
         ctx.snapshot = Some(Arc::clone(&snap));
         let cfg = &snap.config;
+        if session.get_keepalive().is_some() {
+            // Pingora keeps an HTTP/1.1 connection idle for ever between requests; bound it.
+            let secs = cfg.client.keepalive_timeout.as_millis().div_ceil(1000) as u64;
+            session.set_keepalive(Some(secs));
+        }
 
         let peer = session
             .client_addr()
@@ -360,8 +485,20 @@ impl ProxyHttp for Gateway {
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip().to_canonical());
         ctx.peer_ip = Some(peer);
 
+        // The path as routed (and forwarded): dot segments and repeated slashes resolved.
+        let path = match route::normalize(session.req_header().uri.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                let a = Answer::error(400, "invalid_path", &e.to_string()).closing();
+                self.answer(session, ctx, a).await;
+                return Ok(true);
+            }
+        };
+        if let std::borrow::Cow::Owned(p) = &path {
+            ctx.upstream_path = Some(p.clone());
+        }
+
         // The gateway's own health endpoint.
-        let path = session.req_header().uri.path();
         let method = &session.req_header().method;
         if path == "/health" && (method == http::Method::GET || method == http::Method::HEAD) {
             ctx.route_label = "health";
@@ -370,7 +507,7 @@ impl ProxyHttp for Gateway {
         }
 
         // Route: longest prefix.
-        let Some(r) = route::find(&cfg.routes, path) else {
+        let Some(r) = route::find(&cfg.routes, &path) else {
             self.answer(session, ctx, Answer::no_route()).await;
             return Ok(true);
         };
@@ -436,7 +573,9 @@ impl ProxyHttp for Gateway {
                 if !delay.is_zero() {
                     ctx.limiter = LimiterNote::Delayed(delay.as_millis() as u64);
                     ctx.delayed_zone = delayed_zone;
-                    tokio::time::sleep(delay.min(ctx.remaining())).await;
+                    let delay = delay.min(ctx.remaining());
+                    ctx.local_wait += delay;
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
@@ -462,9 +601,17 @@ impl ProxyHttp for Gateway {
             }
         }
 
+        // The body, received whole before the request may take upstream capacity.
+        if let Some(a) = self.receive_body(session, ctx, &cfg.client).await {
+            self.answer(session, ctx, a).await;
+            return Ok(true);
+        }
+
         // Bulkhead: a slot for the whole request (overflow is never an upstream failure).
         let pool = Arc::clone(&rt.pool);
+        let queued = Instant::now();
         let slot = tokio::time::timeout(ctx.remaining(), pool.acquire_slot()).await;
+        ctx.local_wait += queued.elapsed();
         match slot {
             Ok(Ok(permit)) => ctx.bulkhead = Some(permit),
             Ok(Err(_)) | Err(_) => {
@@ -499,11 +646,31 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
+        if ctx.body_plan != Plan::Stream {
+            // Received and counted whole in `request_filter` (this is it, from the buffer).
+            return Ok(());
+        }
+        if !end_of_stream {
+            // The next read waits at most `body_timeout`, and never past the deadline.
+            let body_timeout = ctx
+                .snapshot
+                .as_ref()
+                .map_or(Duration::MAX, |s| s.config.client.body_timeout);
+            let left = ctx.remaining();
+            if left.is_zero() {
+                ctx.failure = Some(Failure::ClientTimeout);
+                return Err(Error::explain(
+                    ErrorType::ReadTimedout,
+                    "request body not received before the route deadline",
+                ));
+            }
+            session.set_read_timeout(Some(body_timeout.min(left)));
+        }
         if let Some(chunk) = body {
             if !ctx.body.add(chunk.len()) {
                 ctx.failure = Some(Failure::BodyTooLarge);
@@ -557,6 +724,7 @@ impl ProxyHttp for Gateway {
             index: selected.index,
             _guard: pool.server_guard(selected.index),
             reported: false,
+            capped: pool.config().read_timeout > remaining,
         });
         let up = pool.config();
         let mut peer = HttpPeer::new(selected.addr, false, String::new());
@@ -631,6 +799,25 @@ impl ProxyHttp for Gateway {
             upstream_request.insert_header("x-real-ip", ip.to_string())?;
         }
         upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(path) = &ctx.upstream_path {
+            // Forward what was routed, never the raw path.
+            let target = match upstream_request.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.clone(),
+            };
+            let uri = target
+                .parse::<http::Uri>()
+                .or_err(ErrorType::InvalidHTTPHeader, "normalized path")?;
+            upstream_request.set_uri(uri);
+        }
+        if let Some(len) = ctx.body_length {
+            // A chunked body received whole goes upstream with one unambiguous length.
+            upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
+            upstream_request.insert_header("content-length", len.to_string())?;
+        }
+        if ctx.continue_sent {
+            upstream_request.remove_header(&http::header::EXPECT);
+        }
         Ok(())
     }
 
@@ -693,13 +880,26 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let outcome = error_outcome(ctx.failure, e);
+        let client_slow = match e.esource() {
+            ErrorSource::Downstream => *e.etype() == ErrorType::ReadTimedout,
+            // A streamed body still arriving when time ran out: the upstream could not answer
+            // a request it has not received.
+            _ => {
+                ctx.body_plan == Plan::Stream
+                    && !session.is_body_done()
+                    && (is_timeout(e) || ctx.failure == Some(Failure::Deadline))
+            }
+        };
+        if client_slow {
+            ctx.failure = Some(Failure::ClientTimeout);
+        }
+        let outcome = ctx.outcome_of(e);
         ctx.report_attempt(&self.state, outcome);
         ctx.settle_breaker(outcome);
-        if let Some(resp) = session.response_written() {
+        if let Some(status) = final_status(session) {
             // Headers already went out: the only honest thing left is to close.
             return FailToProxy {
-                error_code: resp.status.as_u16(),
+                error_code: status,
                 can_reuse_downstream: false,
             };
         }
@@ -733,18 +933,14 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         // Settle whatever is still open (client gone, deadline inside the body...).
         if let Some(err) = e {
-            let outcome = error_outcome(ctx.failure, err);
+            let outcome = ctx.outcome_of(err);
             ctx.report_attempt(&self.state, outcome);
             ctx.settle_breaker(outcome);
         } else {
             ctx.settle_breaker(Outcome::Neutral);
         }
 
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .or(ctx.local_status)
-            .unwrap_or(0);
+        let status = final_status(session).or(ctx.local_status).unwrap_or(0);
         let snap = ctx.snapshot.clone();
         let route_label: &str = match (ctx.route, snap.as_deref()) {
             (Some(r), Some(s)) => s.config.routes[r].path_prefix.as_str(),

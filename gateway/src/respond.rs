@@ -19,6 +19,8 @@ use pingora::proxy::Session;
 use pingora::Result;
 use serde_json::{Map, Value};
 
+use crate::client::body::expects_continue;
+
 /// A local answer about to be written.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -129,14 +131,6 @@ pub async fn drain_body(session: &mut Session, max_body_bytes: u64, within: Dura
         Ok(done) => done && session.body_bytes_read() as u64 <= max_body_bytes,
         Err(_) => false,
     }
-}
-
-/// Whether the request waits for `100 Continue` before sending its body.
-fn expects_continue(req: &pingora::http::RequestHeader) -> bool {
-    req.headers
-        .get(http::header::EXPECT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
 }
 
 /// Writes `answer` to the client. `request_id` is echoed as `X-Request-Id`. Unless the answer

@@ -10,7 +10,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::AdminService;
-use crate::client::deadline::{HeadDeadlineApp, HeaderTimeout};
+use crate::client::deadline::{ConnectionPolicy, HeadDeadlineApp};
 use crate::proxy::Gateway;
 use crate::reload::Signals;
 use crate::state::State;
@@ -102,13 +102,10 @@ pub fn run(state: Arc<State>, opts: &RunOptions) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(Some(opt), server_conf(&state, opts));
     server.bootstrap();
 
-    // The proxy behind the request-head deadline (client/deadline.rs).
+    // The proxy behind the request-head deadline, size limit and framing checks
+    // (client/deadline.rs).
     let proxy = pingora::proxy::http_proxy(&server.configuration, Gateway::new(Arc::clone(&state)));
-    let app = HeadDeadlineApp::new(
-        proxy,
-        Arc::clone(&state) as Arc<dyn HeaderTimeout>,
-        state.metrics.header_timeouts.clone(),
-    );
+    let app = HeadDeadlineApp::new(proxy, Arc::clone(&state) as Arc<dyn ConnectionPolicy>);
     let mut proxy = Service::new("gateway proxy".to_string(), app);
     proxy.add_tcp(&listen.to_string());
     server.add_service(proxy);

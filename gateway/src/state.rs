@@ -106,9 +106,17 @@ impl State {
     }
 }
 
-impl crate::client::deadline::HeaderTimeout for State {
-    fn header_timeout(&self) -> std::time::Duration {
-        self.current.load().config.client.header_timeout
+impl crate::client::deadline::ConnectionPolicy for State {
+    fn head_limits(&self) -> crate::client::deadline::HeadLimits {
+        let snap = self.current.load();
+        crate::client::deadline::HeadLimits {
+            header_timeout: snap.config.client.header_timeout,
+            max_header_bytes: snap.config.client.max_header_bytes,
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 

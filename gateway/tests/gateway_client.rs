@@ -224,3 +224,26 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     let (s, _) = real_ip_seen(&gw, &up2, "203.0.113.99").await;
     assert_eq!(s, 429, "spoofed X-Forwarded-For does not buy a new key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_kept_alive_connection_is_closed_after_keepalive_timeout() {
+    let up = TestUpstream::start("a").await;
+    let gw = GatewayProcess::start(&config(up.addr, "  keepalive_timeout_ms: 1000", "")).await;
+    let addr = gw.listen;
+    let (first, closed_at) = tokio::task::spawn_blocking(move || {
+        let mut conn = RawConn::connect(addr);
+        let first = conn.get("/x", &[]).unwrap();
+        let idle = Instant::now();
+        let closed = conn.is_closed_within(Duration::from_secs(4));
+        (first, closed.then(|| idle.elapsed()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("connection"), Some("keep-alive"));
+    let closed_at = closed_at.expect("the idle connection was closed");
+    assert!(
+        closed_at >= Duration::from_millis(900) && closed_at < Duration::from_millis(2500),
+        "closed after {closed_at:?} of idleness, keepalive_timeout_ms 1000"
+    );
+}

@@ -341,3 +341,234 @@ routes:
     assert_eq!(code, 1);
     assert!(err.contains("cannot read /nonexistent/gw.yaml"), "{err}");
 }
+
+// ---- Size, nesting and alias limits ("Hostile clients", item 5) ----
+
+/// `gateway -t` on `text`: (exit code, stderr, time taken).
+fn timed_config_test(text: &str) -> (i32, String, Duration) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("hostile.yaml");
+    std::fs::write(&path, text).expect("write config");
+    let t = std::time::Instant::now();
+    let (code, _, err) = common::config_test_file(&path);
+    (code, err, t.elapsed())
+}
+
+/// Refused by `gateway -t` with exit 1, one line containing `expected`, within `max` (process
+/// start included; debug build).
+fn assert_refused_within(name: &str, text: &str, expected: &str, max: Duration) {
+    let (code, err, took) = timed_config_test(text);
+    eprintln!("{name}: {} bytes refused in {took:?}", text.len());
+    assert_eq!(code, 1, "{name}: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{name}: one line per problem: {err}");
+    assert!(lines[0].contains(expected), "{name}: {err}");
+    assert!(took < max, "{name}: took {took:?} (process start included)");
+}
+
+/// Refused well under a second: the cheap pre-checks (size, nesting).
+fn assert_refused_fast(name: &str, text: &str, expected: &str) {
+    assert_refused_within(name, text, expected, Duration::from_millis(900));
+}
+
+/// The classic: ten anchors, each nine aliases of the previous (9^9 strings).
+fn billion_laughs() -> String {
+    let mut s = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        let refs = vec![format!("*a{p}"); 9].join(", ");
+        s.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    s
+}
+
+/// Wide fan-out: 100 strings, 100 aliases of those, 100 aliases of those (a million values from
+/// 2 KB; `serde_norway`'s alias-jump limit alone would allow it).
+fn wide_alias_bomb() -> String {
+    let mut s = format!("a0: &a0 [{}]\n", vec!["lol"; 100].join(", "));
+    for i in 1..3 {
+        let p = i - 1;
+        let refs = vec![format!("*a{p}"); 100].join(", ");
+        s.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+    }
+    s
+}
+
+#[test]
+fn hostile_files_are_refused_fast_by_test_flag() {
+    let n = 100_000;
+    assert_refused_fast(
+        "100,000 nested [",
+        &format!("listen: {}{}\n", "[".repeat(n), "]".repeat(n)),
+        "line 1, column 72: nested deeper than 64 levels",
+    );
+    assert_refused_fast(
+        "100,000 unclosed [",
+        &"[".repeat(n),
+        "nested deeper than 64 levels",
+    );
+    assert_refused_fast(
+        "100,000 nested {a: ",
+        &"{a: ".repeat(n),
+        "nested deeper than 64 levels",
+    );
+    assert_refused_fast(
+        "100,000 nested - ",
+        &format!("{}x\n", "- ".repeat(n)),
+        "nested deeper than 64 levels",
+    );
+    let mut indented = String::new();
+    for i in 0..1000 {
+        indented.push_str(&" ".repeat(i));
+        indented.push_str("k:\n");
+    }
+    assert_refused_fast(
+        "1,000 indented keys",
+        &indented,
+        "line 65, column 65: nested deeper than 64 levels",
+    );
+    let big = format!("{MINIMAL}{}", "# padding padding padding\n".repeat(50_000));
+    assert_refused_fast(
+        "1.3 MB file",
+        &big,
+        &format!(
+            "hostile.yaml is larger than the limit of 1048576 bytes ({} bytes); not parsed",
+            big.len()
+        ),
+    );
+    // Alias bombs are refused after building MAX_NODES values: about as long as an ordinary
+    // 100,000-value file takes (~0.5 s in a debug build, a tenth of that in release).
+    let alias_max = Duration::from_secs(3);
+    assert_refused_within(
+        "wide alias bomb",
+        &wide_alias_bomb(),
+        "the document expands to more than 100000 YAML values (anchors and aliases?)",
+        alias_max,
+    );
+    // The classic trips serde_norway's own alias-jump limit or ours, whichever comes first.
+    let (code, err, took) = timed_config_test(&billion_laughs());
+    eprintln!("billion laughs: refused in {took:?}: {err}");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("more than 100000 YAML values") || err.contains("repetition limit exceeded"),
+        "{err}"
+    );
+    assert!(took < alias_max, "{took:?}");
+}
+
+#[test]
+fn limits_are_checked_by_parse_too() {
+    // The same checks apply to `config::parse` (the path SIGHUP and the fuzz target take).
+    let deep = "[".repeat(100_000);
+    let t = std::time::Instant::now();
+    let p = problems(&deep);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(p.len(), 1);
+    assert!(p[0].contains("nested deeper than 64"), "{p:?}");
+    let p = problems(&wide_alias_bomb());
+    assert!(p[0].contains("more than 100000 YAML values"), "{p:?}");
+    let p = problems(&"#".repeat(config::MAX_CONFIG_BYTES + 1));
+    assert!(
+        p[0].starts_with("the configuration is larger than the limit"),
+        "{p:?}"
+    );
+    // Just under the depth limit is parsed (and then refused for what it is).
+    let p = problems(&format!("listen: {}{}\n", "[".repeat(63), "]".repeat(63)));
+    assert!(p.iter().all(|l| !l.contains("nested")), "{p:?}");
+    // Ordinary duplicate keys are still reported as invalid YAML.
+    let p = problems(&format!("{MINIMAL}listen: \"127.0.0.1:2\"\n"));
+    assert!(
+        p[0].starts_with("invalid YAML: duplicate entry with key \"listen\""),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn ordinary_yaml_features_still_parse() {
+    // Anchors and aliases, block scalars, quotes with brackets, comments, flow and block style.
+    let cfg = config::parse(
+        "# a comment with [[[[ and {{{{
+listen: '127.0.0.1:8080'   # trailing [comment
+admin_listen: \"127.0.0.1:9901\"
+client:
+  trusted_proxies:
+    - 10.0.0.0/8
+    - \"192.168.0.0/16\"
+limit_req_zones:
+  per_ip: &zone { key: client_ip, rate: 10r/s }
+  other: *zone
+upstreams:
+  a:
+    servers: &servers [\"127.0.0.1:3001\", \"127.0.0.1:3011\"]
+    health_check: { path: \"/health?x=[1]\", interval_ms: 500 }
+  b:
+    servers: *servers
+routes:
+  - path_prefix: /api/a
+    upstream: a
+    limit_req:
+      - zone: per_ip
+        burst: 5
+  - { path_prefix: '/api/b[it''s]', upstream: b, limit_req: [ { zone: other } ] }
+",
+        "ordinary.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.upstreams["b"].servers.len(), 2);
+    assert_eq!(
+        cfg.limit_req_zones["other"].rate,
+        Rate {
+            milli_per_sec: 10_000
+        }
+    );
+    assert_eq!(cfg.upstreams["a"].health_check.path, "/health?x=[1]");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_deeply_nested_file_is_refused_at_once() {
+    let up = common::TestUpstream::start("a").await;
+    let good = common::simple_config(&[up.addr]);
+    let gw = common::GatewayProcess::start(&good).await;
+    let sha = gw.status().await["config"]["sha256"].clone();
+
+    // 100,000 nested `[` used to take 35 s in the parser and hold up later reloads.
+    gw.write_config(&format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)));
+    let t = std::time::Instant::now();
+    gw.sighup();
+    assert!(
+        gw.wait_status(Duration::from_secs(5), |s| s["config"]["lastReload"]
+            ["result"]
+            == "error")
+            .await,
+        "reload not refused:\n{}",
+        gw.logs()
+    );
+    let took = t.elapsed();
+    eprintln!("deep file: reload refused {took:?} after SIGHUP (status polled every 50 ms)");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    let st = gw.status().await;
+    assert_eq!(st["config"]["sha256"], sha, "the old config stays");
+    let err = st["config"]["lastReload"]["error"].as_str().unwrap();
+    assert!(err.contains("nested deeper than 64 levels"), "{err}");
+    let c = common::client();
+    assert_eq!(c.get(gw.url("/x")).send().await.unwrap().status(), 200);
+
+    // The next reload is handled at once.
+    gw.write_config(&format!("{good}# changed\n"));
+    let t = std::time::Instant::now();
+    gw.sighup();
+    assert!(
+        gw.wait_status(Duration::from_secs(5), |s| s["config"]["lastReload"]
+            ["result"]
+            == "ok")
+            .await,
+        "valid reload not applied:\n{}",
+        gw.logs()
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert_ne!(gw.status().await["config"]["sha256"], sha);
+}

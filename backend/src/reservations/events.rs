@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::keys;
 use crate::store::{Store, StoreError};
@@ -16,8 +17,30 @@ pub const STALE_LIMIT: Duration = Duration::from_secs(60);
 /// Most events whose detail is cached.
 const MAX_CACHED_DETAILS: usize = 1000;
 
+/// The values of `EventSummary.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Numbered seats: reserve with `seatId` or `seats`.
+    Seats,
+    /// General admission: reserve with `quantity`.
+    Ga,
+}
+
+/// The values of `SeatView.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SeatStatus {
+    /// Free.
+    Available,
+    /// Held or payment pending.
+    Held,
+    /// Sold.
+    Sold,
+}
+
 /// `GET /api/events` entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventSummary {
     /// Event id.
@@ -33,24 +56,27 @@ pub struct EventSummary {
     /// Places sold.
     pub sold: i64,
     /// `seats` (numbered) or `ga` (general admission).
+    #[schema(value_type = EventKind)]
     pub kind: String,
-    /// True when served from the local cache because the store is unreachable.
+    /// True when served from the local cache because the store is unreachable (absent otherwise).
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    #[schema(required = false)]
     pub stale: bool,
 }
 
 /// One seat of a numbered event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SeatView {
     /// Seat id.
     pub seat_id: String,
     /// `available`, `held` or `sold`.
+    #[schema(value_type = SeatStatus)]
     pub status: &'static str,
 }
 
 /// `GET /api/events/{id}` body.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct EventDetail {
     /// Counters.
     #[serde(flatten)]

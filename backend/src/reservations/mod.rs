@@ -13,6 +13,7 @@ pub mod inventory;
 pub mod json;
 pub mod keys;
 pub mod model;
+pub mod openapi;
 pub mod payer;
 pub mod recovery;
 pub mod saga;
@@ -28,6 +29,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::chaos::{self, Chaos};
+use crate::error as api_error;
 use crate::outbox::{self, OutboxConfig, OutboxMetrics};
 use crate::payments_client::{PaymentsClient, PaymentsClientConfig};
 use crate::store::{Store, StoreConfig};
@@ -112,17 +114,24 @@ pub fn router(state: AppState, chaos: Arc<Chaos>, metrics: Arc<Metrics>) -> Rout
         .route("/admin/events/{eventId}", put(api::put_event))
         .route("/admin/audit", get(api::get_audit))
         .route("/ready", get(api::ready))
-        .fallback(api::fallback)
-        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state);
     let app = api
         .merge(telemetry::health_routes())
         .merge(telemetry::metrics_route(metrics.clone()))
         .merge(chaos::admin_router(chaos.clone()))
+        .fallback(api_error::no_such_route)
+        // After the merges, so that every route (also /health, /metrics, /admin/chaos) answers
+        // a wrong method with the JSON 405, and before the layer, which hides the routes' methods.
+        .method_not_allowed_fallback(api_error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             chaos,
             chaos::middleware,
-        ));
+        ))
+        // The API description is no fault-injection target: served outside the chaos layer.
+        .route(
+            "/openapi.json",
+            get(openapi::openapi_json).fallback(api_error::method_not_allowed),
+        );
     telemetry::instrument(app, metrics)
 }
 

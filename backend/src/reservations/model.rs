@@ -4,23 +4,24 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-/// A saga's status (SPEC §4). HELD and PAYMENT_PENDING are unfinished: recovery drives them to
-/// an end; the other four are final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A saga's status, the values of `Reservation.status` (SPEC §4). HELD and PAYMENT_PENDING are
+/// unfinished: recovery drives them to an end; the other four are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReservationStatus {
-    /// Seats held, expirable, no payment started.
+    /// Seats held, payment not started yet.
     Held,
-    /// A charge may be in flight; the seats cannot expire.
+    /// The charge is in flight (or its outcome is being settled); the seats cannot expire.
     PaymentPending,
-    /// Charged and sold.
+    /// Paid and confirmed.
     Confirmed,
-    /// Confirmed, then refunded and released.
+    /// Cancelled by the user: refunded, seats released.
     Cancelled,
-    /// Ended without a sale (declined, unavailable, timed out, lost).
+    /// The saga failed (see `failure`); nothing is charged.
     Failed,
-    /// The hold expired before a payment started.
+    /// The hold ran out before payment started.
     Expired,
 }
 
@@ -130,14 +131,47 @@ impl Failure {
     }
 }
 
+/// The values of `HistoryEntry.step`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStep {
+    /// Seats held (→ `HELD`).
+    Hold,
+    /// Charge started (→ `PAYMENT_PENDING`).
+    Payment,
+    /// Charged and confirmed (→ `CONFIRMED`).
+    Confirm,
+    /// Compensated: seats released (→ `FAILED`).
+    Release,
+    /// Hold expired (→ `EXPIRED`).
+    Expire,
+    /// Cancelled and refunded (→ `CANCELLED`).
+    Cancel,
+}
+
+/// The values of `Reservation.notification`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationState {
+    /// In the outbox, not delivered yet.
+    Queued,
+    /// Delivered to the notifications service.
+    Sent,
+    /// Delivery gave up after its retries.
+    Failed,
+}
+
 /// One saga history entry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryEntry {
     /// `hold`, `payment`, `confirm`, `release`, `expire`, `cancel`.
+    #[schema(value_type = SagaStep)]
     pub step: String,
     /// Status reached by the step.
+    #[schema(value_type = ReservationStatus)]
     pub status: String,
     /// RFC 3339 time.
+    #[schema(format = DateTime)]
     pub at: String,
 }
 
@@ -153,10 +187,11 @@ impl HistoryEntry {
 }
 
 /// A reservation (SPEC §4 fields, plus `history` and, when it failed, `failure`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Reservation {
     /// Id (also the payment idempotency key).
+    #[schema(example = "0f8c2b6e4d8a4e53a7b0c6f1e2d3a4b5")]
     pub reservation_id: String,
     /// `HELD`, `PAYMENT_PENDING`, `CONFIRMED`, `CANCELLED`, `FAILED`, `EXPIRED`.
     pub status: ReservationStatus,
@@ -170,11 +205,14 @@ pub struct Reservation {
     pub amount: f64,
     /// Buyer.
     pub user_email: String,
-    /// Payment id once charged.
+    /// Payment id once charged (`null` before).
+    #[schema(required = true)]
     pub payment_id: Option<String>,
     /// `queued`, `sent`, `failed`.
+    #[schema(value_type = NotificationState)]
     pub notification: String,
     /// RFC 3339 creation time.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Saga steps so far (omitted in answers that do not carry it).
     #[serde(skip_serializing_if = "Option::is_none", default)]

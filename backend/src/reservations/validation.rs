@@ -1,8 +1,12 @@
 //! Validation of `POST /api/reservations` bodies and of identifiers, turning untrusted JSON into a
 //! typed [`ReservationRequest`] or a 422 `invalid_request` naming the field.
 
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 
 use crate::error::ApiError;
 
@@ -16,6 +20,241 @@ pub const MAX_SEAT_ID_LEN: usize = 32;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 /// Longest e-mail address (RFC 5321 path limit).
 pub const MAX_EMAIL_LEN: usize = 254;
+/// Longest reservation id accepted in a path.
+pub const MAX_RESERVATION_ID_LEN: usize = 64;
+
+// --- The wire format, for the OpenAPI document -------------------------------------------------
+//
+// `POST /api/reservations` bodies are validated by hand ([`ReservationRequest::from_json`]) so that
+// every mistake gets its own `invalid_request` naming the field; the types below only describe,
+// for `GET /openapi.json`, exactly what that validation accepts. The schemas of the string types
+// are written out (not derived) so that they are built from the limits above.
+
+/// A string schema for the OpenAPI document.
+fn string_schema(
+    description: &str,
+    pattern: String,
+    max_length: Option<usize>,
+    example: &str,
+) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .pattern(Some(pattern))
+        .max_length(max_length)
+        .examples([Value::from(example)])
+        .into()
+}
+
+/// The characters of an identifier, as a regular-expression class (see [`is_valid_id`]).
+const ID_CLASS: &str = "[A-Za-z0-9_.-]";
+
+/// Declares a documented string newtype whose schema is `$schema`.
+macro_rules! documented_string {
+    ($(#[$meta:meta])* $name:ident => $schema:expr) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Deserialize)]
+        pub struct $name(pub String);
+
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                $schema
+            }
+        }
+
+        impl ToSchema for $name {}
+    };
+}
+
+documented_string!(
+    /// An event id (see [`is_valid_id`]).
+    EventIdText => string_schema(
+        "An event id: 1-64 characters of `A-Z a-z 0-9 _ - .`.",
+        format!("^{ID_CLASS}{{1,{MAX_EVENT_ID_LEN}}}$"),
+        None,
+        "EVT-001",
+    )
+);
+
+documented_string!(
+    /// A seat id (see [`is_valid_id`]).
+    SeatIdText => string_schema(
+        "A seat id: 1-32 characters of `A-Z a-z 0-9 _ - .`.",
+        format!("^{ID_CLASS}{{1,{MAX_SEAT_ID_LEN}}}$"),
+        None,
+        "A1",
+    )
+);
+
+documented_string!(
+    /// A reservation id (see [`is_valid_id`]).
+    ReservationIdText => string_schema(
+        "A reservation id: 1-64 characters of `A-Z a-z 0-9 _ - .` (the service makes 32 hex \
+         digits).",
+        format!("^{ID_CLASS}{{1,{MAX_RESERVATION_ID_LEN}}}$"),
+        None,
+        "0f8c2b6e4d8a4e53a7b0c6f1e2d3a4b5",
+    )
+);
+
+/// Local-part characters of an e-mail address other than `.` (see [`is_valid_email`]).
+const EMAIL_LOCAL_CLASS: &str = "[A-Za-z0-9!#$%&'*+/=?^_`~-]";
+/// The domain of an e-mail address: dot-separated non-empty runs of letters, digits and `-`,
+/// at least two, starting and ending with a letter or digit (see [`is_valid_email`]).
+const EMAIL_DOMAIN: &str = "[A-Za-z0-9][A-Za-z0-9-]*([.][A-Za-z0-9-]+)*[.][A-Za-z0-9-]*[A-Za-z0-9]";
+
+documented_string!(
+    /// An e-mail address (see [`is_valid_email`]).
+    EmailText => string_schema(
+        "An e-mail address `local@domain`: at most 254 ASCII characters; the local part 1-64 \
+         characters, not starting or ending with `.`; the domain of letters, digits, `-` and \
+         `.`, with at least one `.`, no `..`, not starting or ending with `.` or `-`.",
+        format!(
+            "^{l}(([.]|{l}){{0,62}}{l})?@{d}$",
+            l = EMAIL_LOCAL_CLASS,
+            d = EMAIL_DOMAIN
+        ),
+        Some(MAX_EMAIL_LEN),
+        "a@b.c",
+    )
+);
+
+documented_string!(
+    /// An `Idempotency-Key` header value (see [`validate_idempotency_key`]).
+    IdempotencyKeyText => string_schema(
+        "An `Idempotency-Key`: 1-200 visible ASCII characters except `{` and `}`.",
+        format!("^[!-z|~]{{1,{MAX_IDEMPOTENCY_KEY_LEN}}}$"),
+        None,
+        "order-7f3a",
+    )
+);
+
+/// The `seats` of a reservation: 1 to 10 distinct seat ids.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SeatList(pub Vec<SeatIdText>);
+
+impl PartialSchema for SeatList {
+    fn schema() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .items(RefOr::Ref(Ref::from_schema_name(SeatIdText::name())))
+            .min_items(Some(1))
+            .max_items(Some(MAX_PER_RESERVATION))
+            .unique_items(true)
+            .description(Some("1 to 10 distinct seat ids, reserved all or none."))
+            .examples([serde_json::json!(["B1", "B2"])])
+            .into()
+    }
+}
+
+impl ToSchema for SeatList {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((SeatIdText::name().into_owned(), SeatIdText::schema()));
+    }
+}
+
+/// A field that must be absent or `null` in this form of the body: `seatId`, `seats` and
+/// `quantity` exclude each other.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct Absent;
+
+impl PartialSchema for Absent {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Null)
+            .description(Some(
+                "Absent or null: only one of `seatId`, `seats` and `quantity` may be given.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Absent {}
+
+/// `POST /api/reservations` for one numbered seat.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(title = "One seat")]
+pub struct SeatIdBody {
+    /// A numbered-seat event.
+    pub event_id: EventIdText,
+    /// The seat.
+    pub seat_id: SeatIdText,
+    /// Must be absent or null.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub seats: Option<Absent>,
+    /// Must be absent or null.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub quantity: Option<Absent>,
+    /// The buyer.
+    pub user_email: EmailText,
+    /// Price, greater than 0 (over 10000 is declined by payments).
+    #[schema(exclusive_minimum = 0, example = 50.0)]
+    pub amount: f64,
+}
+
+/// `POST /api/reservations` for several numbered seats, all or none.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(title = "Several seats")]
+pub struct SeatsBody {
+    /// A numbered-seat event.
+    pub event_id: EventIdText,
+    /// Must be absent or null.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub seat_id: Option<Absent>,
+    /// The seats.
+    pub seats: SeatList,
+    /// Must be absent or null.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub quantity: Option<Absent>,
+    /// The buyer.
+    pub user_email: EmailText,
+    /// Price, greater than 0 (over 10000 is declined by payments).
+    #[schema(exclusive_minimum = 0, example = 50.0)]
+    pub amount: f64,
+}
+
+/// `POST /api/reservations` for general-admission tickets.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(title = "General admission")]
+pub struct QuantityBody {
+    /// A general-admission event.
+    pub event_id: EventIdText,
+    /// Must be absent or null.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub seat_id: Option<Absent>,
+    /// Must be absent or null.
+    #[serde(default)]
+    #[schema(nullable = false)]
+    pub seats: Option<Absent>,
+    /// 1 to 10 tickets.
+    #[schema(minimum = 1, maximum = 10, example = 2)]
+    pub quantity: u32,
+    /// The buyer.
+    pub user_email: EmailText,
+    /// Price, greater than 0 (over 10000 is declined by payments).
+    #[schema(exclusive_minimum = 0, example = 50.0)]
+    pub amount: f64,
+}
+
+/// The body of `POST /api/reservations`: `eventId`, `userEmail`, `amount` and exactly one of
+/// `seatId`, `seats` or `quantity`. Other fields are ignored.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ReservationBody {
+    /// One numbered seat.
+    Seat(SeatIdBody),
+    /// Several numbered seats.
+    Seats(SeatsBody),
+    /// General-admission tickets.
+    Quantity(QuantityBody),
+}
 
 /// What is being reserved.
 #[derive(Debug, Clone, PartialEq)]
@@ -225,7 +464,13 @@ fn parse_selection(field: &str, v: &Value) -> Result<Selection, ApiError> {
         }
         _ => {
             let max = MAX_PER_RESERVATION as u64;
-            match v.as_u64() {
+            // An integral number such as 2.0 is an integer too (JSON Schema, as documented).
+            let integral = v.as_u64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (1.0..=max as f64).contains(f))
+                    .map(|f| f as u64)
+            });
+            match integral {
                 Some(q) if (1..=max).contains(&q) => Ok(Selection::Quantity(q as u32)),
                 _ => Err(ApiError::invalid_request(
                     "quantity",
@@ -313,6 +558,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.selection, Selection::Quantity(3));
+        let r = ReservationRequest::from_json(
+            &json!({"eventId":"EVT-002","quantity":3.0,"userEmail":"a@b.c","amount":5}),
+        )
+        .unwrap();
+        assert_eq!(r.selection, Selection::Quantity(3));
     }
 
     #[test]
@@ -345,6 +595,8 @@ mod tests {
         assert_eq!(field_of(q(json!(0))), "quantity");
         assert_eq!(field_of(q(json!(11))), "quantity");
         assert_eq!(field_of(q(json!(1.5))), "quantity");
+        assert_eq!(field_of(q(json!(11.0))), "quantity");
+        assert_eq!(field_of(q(json!(0.0))), "quantity");
         assert_eq!(field_of(q(json!(-1))), "quantity");
         let s = |v: Value| {
             let mut b = no_sel.clone();

@@ -1,6 +1,8 @@
 //! Client-side protections (SPEC §7 `client:`): who the client is ([`client_ip`]), how large its
-//! body may be ([`BodyLimit`]), and how long its request head may take ([`deadline`]).
+//! body may be ([`BodyLimit`]) and how it is received ([`body`]), and how long its request head
+//! may take ([`deadline`]).
 
+pub mod body;
 pub mod deadline;
 
 use std::net::IpAddr;

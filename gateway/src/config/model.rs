@@ -60,6 +60,9 @@ pub struct ClientSettings {
     /// Longest wait for the next piece of a request body, like NGINX's `client_body_timeout`
     /// (default 10 s); the route's `timeout_ms` bounds the whole body too. Too slow → 408.
     pub body_timeout: Duration,
+    /// How long a kept-alive connection may sit idle between requests (default 60 s; Pingora
+    /// counts whole seconds, so this is rounded up).
+    pub keepalive_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is believed (default none).
     pub trusted_proxies: Vec<IpNet>,
 }

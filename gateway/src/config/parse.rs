@@ -204,6 +204,7 @@ fn client(v: Option<&Value>, p: &mut Problems) -> ClientSettings {
     let header_timeout = millis(&mut m, "header_timeout_ms", 10_000, 1, p);
     let max_body_bytes = m.uint("max_body_bytes", 65_536, 0, u64::MAX, p);
     let body_timeout = millis(&mut m, "body_timeout_ms", 10_000, 1, p);
+    let keepalive_timeout = millis(&mut m, "keepalive_timeout_ms", 60_000, 1000, p);
     let max_header_bytes = m.uint(
         "max_header_bytes",
         65_536,
@@ -229,6 +230,7 @@ fn client(v: Option<&Value>, p: &mut Problems) -> ClientSettings {
         max_header_bytes,
         max_body_bytes,
         body_timeout,
+        keepalive_timeout,
         trusted_proxies,
     }
 }

@@ -186,6 +186,7 @@ mod tests {
                 max_header_bytes: 65536,
                 max_body_bytes: 1,
                 body_timeout: Duration::from_secs(10),
+                keepalive_timeout: Duration::from_secs(60),
                 trusted_proxies: Vec::new(),
             },
             limit_req_status: 429,

@@ -17,6 +17,11 @@
 //!   killed server that still gets traffic is down after `fall` quick checks (~125 ms).
 //! - The name is resolved again before every check, so a server whose name vanishes (a stopped
 //!   compose container) loses its address at once and is no longer selected.
+//! - A check that fails for a local reason (the gateway is out of file descriptors, socket
+//!   buffers, memory or ephemeral ports: see [`super::local`]) is inconclusive: it changes
+//!   neither the rise/fall counters nor the verdict nor the address, is counted in
+//!   `gateway_local_resource_errors_total{kind}`, and the next check comes after `interval`.
+//!   Otherwise a gateway flooded with idle client connections would mark every server down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +33,7 @@ use tokio::net::TcpStream;
 
 use crate::config::model::HealthCheck;
 
+use super::local::{io_local_resource, LocalResource};
 use super::pool::UpstreamPool;
 use super::resolve::{self, ResolveError};
 use super::server::ServerState;
@@ -55,6 +61,10 @@ pub struct LastCheck {
     pub detail: String,
     /// How long it took.
     pub duration_ms: u64,
+    /// The check could not be made for a local reason (e.g. out of file descriptors) and was
+    /// not counted either way; `ok` is false and `detail` says why.
+    #[serde(default)]
+    pub inconclusive: bool,
 }
 
 /// Why a check failed.
@@ -78,6 +88,24 @@ pub(crate) enum CheckError {
     /// The server answered with a non-2xx status.
     #[error("HTTP {0}")]
     Status(u16),
+    /// The gateway itself ran out of a resource: says nothing about the server.
+    #[error("inconclusive, local {}: {error}", kind.as_str())]
+    Local {
+        /// Which resource.
+        kind: LocalResource,
+        /// The OS error.
+        error: std::io::Error,
+    },
+}
+
+impl CheckError {
+    /// Reclassifies an I/O failure that was the gateway's own resource shortage.
+    fn local_or(error: std::io::Error, other: fn(std::io::Error) -> CheckError) -> CheckError {
+        match io_local_resource(&error) {
+            Some(kind) => CheckError::Local { kind, error },
+            None => other(error),
+        }
+    }
 }
 
 /// Check bookkeeping of one server, touched only by the background checker.
@@ -179,6 +207,10 @@ async fn check_server(
                 Err(_) => Err(CheckError::Timeout(timeout)),
             }
         }
+        Err(ResolveError::Lookup { server: _, source }) if io_local_resource(&source).is_some() => {
+            // The resolver could not open a socket or file: keep the last address.
+            Err(CheckError::local_or(source, CheckError::Io))
+        }
         Err(e) => {
             // A name that no longer resolves: forget the old address (it may be reused by
             // another container). A resolver that is merely slow keeps the last address.
@@ -199,6 +231,26 @@ pub(crate) fn record(
     started: Instant,
     result: Result<u16, CheckError>,
 ) {
+    if let Err(e @ CheckError::Local { kind, .. }) = &result {
+        kind.record();
+        let mut progress = server.health.lock();
+        // Warn when a run of inconclusive checks starts, not on every one of them.
+        if progress.last.as_ref().is_none_or(|l| !l.inconclusive) {
+            tracing::warn!(upstream = pool, server = %server.label, error = %e,
+                "health check skipped: the gateway is short of a local resource (not counted against the server)");
+        } else {
+            tracing::debug!(upstream = pool, server = %server.label, error = %e, "health check skipped");
+        }
+        progress.next_due = started + hc.interval;
+        progress.last = Some(LastCheck {
+            at_unix_ms: unix_ms(SystemTime::now()).saturating_sub(millis(started.elapsed())),
+            ok: false,
+            detail: e.to_string(),
+            duration_ms: millis(started.elapsed()),
+            inconclusive: true,
+        });
+        return;
+    }
     let ok = result.is_ok();
     let detail = match &result {
         Ok(status) => format!("HTTP {status}"),
@@ -237,6 +289,7 @@ pub(crate) fn record(
         ok,
         detail,
         duration_ms: millis(started.elapsed()),
+        inconclusive: false,
     });
 }
 
@@ -270,7 +323,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 async fn probe(addr: SocketAddr, host: &str, path: &str) -> Result<u16, CheckError> {
     let mut stream = TcpStream::connect(addr)
         .await
-        .map_err(CheckError::Connect)?;
+        .map_err(|e| CheckError::local_or(e, CheckError::Connect))?;
     let _ = stream.set_nodelay(true);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gateway-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
@@ -278,11 +331,14 @@ async fn probe(addr: SocketAddr, host: &str, path: &str) -> Result<u16, CheckErr
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(CheckError::Io)?;
+        .map_err(|e| CheckError::local_or(e, CheckError::Io))?;
     let mut buf = [0u8; MAX_STATUS_LINE];
     let mut len = 0;
     while len < buf.len() {
-        let n = stream.read(&mut buf[len..]).await.map_err(CheckError::Io)?;
+        let n = stream
+            .read(&mut buf[len..])
+            .await
+            .map_err(|e| CheckError::local_or(e, CheckError::Io))?;
         if n == 0 {
             break;
         }
@@ -395,6 +451,61 @@ mod tests {
             !p.expedite(t + Duration::from_millis(400), gap),
             "a check is running"
         );
+    }
+
+    #[test]
+    fn local_resource_errors_are_inconclusive() {
+        let server = ServerState::new(
+            ServerSpec {
+                host: "127.0.0.1".into(),
+                port: 1,
+            },
+            None,
+        );
+        let t = Instant::now();
+        let emfile = || {
+            CheckError::local_or(
+                std::io::Error::from_raw_os_error(libc::EMFILE),
+                CheckError::Connect,
+            )
+        };
+        assert!(matches!(
+            emfile(),
+            CheckError::Local {
+                kind: LocalResource::Emfile,
+                ..
+            }
+        ));
+        record(&server, "p", &hc(), t, Err(CheckError::Status(500)));
+        for _ in 0..10 {
+            record(&server, "p", &hc(), t, Err(emfile()));
+        }
+        assert!(server.is_healthy(), "local errors never mark a server down");
+        assert_eq!(server.health.lock().failures, 1, "nor count as failures");
+        assert_eq!(
+            server.health.lock().next_due,
+            t + Duration::from_millis(500),
+            "next check after the normal interval"
+        );
+        let last = server.health.lock().last.clone().unwrap();
+        assert!(last.inconclusive && !last.ok, "{last:?}");
+        assert!(
+            last.detail.starts_with("inconclusive, local emfile"),
+            "{}",
+            last.detail
+        );
+        // A down server does not come back either.
+        record(&server, "p", &hc(), t, Err(CheckError::Status(500)));
+        assert!(!server.is_healthy());
+        record(&server, "p", &hc(), t, Err(emfile()));
+        assert!(!server.is_healthy());
+        assert_eq!(server.health.lock().successes, 0);
+        // A refused connection is the server's problem.
+        let refused = CheckError::local_or(
+            std::io::Error::from_raw_os_error(libc::ECONNREFUSED),
+            CheckError::Connect,
+        );
+        assert!(matches!(refused, CheckError::Connect(_)));
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@
 mod breaker;
 mod bulkhead;
 mod health;
+mod local;
 pub mod outlier;
 mod pool;
 mod resolve;
@@ -39,6 +40,10 @@ use crate::config::model::GatewayConfig;
 pub use breaker::Outcome;
 pub use bulkhead::Overloaded;
 pub use health::LastCheck;
+pub use local::{
+    io_local_resource, is_local_resource_error, local_resource_error, local_resource_errors,
+    LocalResource,
+};
 pub use pool::UpstreamPool;
 pub use resilience::{BreakerOpen, BreakerPermit, BulkheadFull, BulkheadPermit};
 pub use resolve::ResolveError;

@@ -62,6 +62,7 @@ fn gateway(upstreams: Vec<Upstream>) -> GatewayConfig {
             max_header_bytes: 65536,
             max_body_bytes: 65536,
             body_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
         },
         limit_req_status: 429,

@@ -1,0 +1,477 @@
+//! Cheap limits checked before a configuration file reaches the YAML parser (a hostile or broken
+//! file must be refused in milliseconds, at start-up and on SIGHUP alike).
+//!
+//! - Size: at most [`MAX_CONFIG_BYTES`].
+//! - Nesting: at most [`MAX_NESTING_DEPTH`] levels. libyaml (under `serde_norway`) checks every
+//!   open flow level (`[`, `{`) on every token, so parsing is quadratic in flow depth: 100,000
+//!   nested `[` took 35 s before `serde_norway`'s own recursion limit (128) could refuse them.
+//!   [`nesting_depth`] is a linear pre-scan that counts flow brackets and block nesting
+//!   (indentation, `- ` and `? ` indicators, keys) while skipping comments, quoted scalars, plain
+//!   scalars and block scalars, so an ordinary config (depth < 10) is never refused.
+//! - Nodes: at most [`MAX_NODES`] values once aliases are expanded. `serde_norway` bounds alias
+//!   *jumps* (100 × the number of events) but not what they expand to, so a "billion laughs"
+//!   file of a few hundred bytes (nine anchors of nine aliases each) would build hundreds of
+//!   millions of values. The document is therefore built by a counting seed
+//!   ([`super::value_with_budget`]) that stops at the budget.
+
+/// Largest configuration file accepted, in bytes (1 MiB; the shipped files are ~3 KiB).
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// Deepest nesting accepted (flow collections plus block levels; the shipped files reach 6).
+pub const MAX_NESTING_DEPTH: usize = 64;
+
+/// Most YAML values (scalars, sequences, mappings, keys included) a document may expand to.
+pub const MAX_NODES: usize = 100_000;
+
+/// Where nesting first went past the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooDeep {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (bytes).
+    pub column: usize,
+}
+
+/// A multi-line construct the next line continues.
+#[derive(Debug, Clone, Copy)]
+enum Carry {
+    /// Nothing: the next line starts fresh.
+    None,
+    /// Inside a single- or double-quoted scalar.
+    Quote(u8),
+    /// Inside a block scalar (`|`, `>`) whose parent block node is at column `parent`
+    /// (-1 at the top level); `indent` is the content indentation once the first non-blank line
+    /// fixed it.
+    BlockScalar {
+        parent: isize,
+        indent: Option<usize>,
+    },
+}
+
+/// The pre-scan's state across lines.
+struct Scanner {
+    limit: usize,
+    /// Open flow collections.
+    flow: usize,
+    /// Columns of the open block nodes, strictly increasing.
+    block: Vec<usize>,
+    carry: Carry,
+    /// In flow context: the next non-blank character starts a node (after `[`, `{`, `,`, `?`,
+    /// `:`), so a quote there opens a quoted scalar and `&`/`!`/`*` start properties/aliases.
+    flow_node_start: bool,
+}
+
+/// Checks that `text` nests at most `limit` levels; returns where it first went deeper.
+///
+/// Counts `[`/`{` that open flow collections (not inside quotes, comments or plain scalars) plus
+/// the block levels open at that point. Block levels are the increasing indentation columns of
+/// `- ` / `? ` indicators and of mapping keys; a block sequence written at its parent key's
+/// column counts once for both, so this may count a little less than the real depth, never
+/// much more. Linear in the length of `text`.
+pub fn check_nesting(text: &str, limit: usize) -> Result<(), TooDeep> {
+    let mut s = Scanner {
+        limit,
+        flow: 0,
+        block: Vec::new(),
+        carry: Carry::None,
+        flow_node_start: true,
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    for (i, line) in text.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line).as_bytes();
+        s.line(line).map_err(|col| TooDeep {
+            line: i + 1,
+            column: col + 1,
+        })?;
+    }
+    Ok(())
+}
+
+fn is_blank(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+fn is_flow_indicator(b: u8) -> bool {
+    matches!(b, b',' | b'[' | b']' | b'{' | b'}')
+}
+
+/// Whether `line[i]` is followed by a blank or the end of the line.
+fn blank_after(line: &[u8], i: usize) -> bool {
+    line.get(i + 1).is_none_or(|&b| is_blank(b))
+}
+
+impl Scanner {
+    fn depth(&self) -> usize {
+        self.block.len() + self.flow
+    }
+
+    /// Opens a block level at `col` (if deeper than the innermost one).
+    fn push_block(&mut self, col: usize) -> Result<(), usize> {
+        if self.block.last().is_none_or(|&top| col > top) {
+            self.block.push(col);
+            if self.depth() > self.limit {
+                return Err(col);
+            }
+        }
+        Ok(())
+    }
+
+    fn open_flow(&mut self, col: usize) -> Result<(), usize> {
+        self.flow += 1;
+        self.flow_node_start = true;
+        if self.depth() > self.limit {
+            return Err(col);
+        }
+        Ok(())
+    }
+
+    /// Scans one line (without its line break). `Err(column)` when the limit was exceeded.
+    fn line(&mut self, line: &[u8]) -> Result<(), usize> {
+        let mut i = 0;
+        match self.carry {
+            Carry::BlockScalar { parent, indent } => {
+                let spaces = line.iter().take_while(|&&b| b == b' ').count();
+                if line[spaces..].iter().all(|&b| is_blank(b)) {
+                    return Ok(()); // blank lines belong to the scalar
+                }
+                let inside = match indent {
+                    Some(n) => spaces >= n,
+                    None => spaces as isize > parent,
+                };
+                if inside {
+                    if indent.is_none() {
+                        self.carry = Carry::BlockScalar {
+                            parent,
+                            indent: Some(spaces),
+                        };
+                    }
+                    return Ok(());
+                }
+                self.carry = Carry::None;
+            }
+            Carry::Quote(q) => match close_quote(line, 0, q) {
+                Some(end) => {
+                    self.carry = Carry::None;
+                    i = end;
+                    // A scalar just ended: what follows is not a node start.
+                    self.flow_node_start = false;
+                    return self.rest(line, i, false);
+                }
+                None => return Ok(()),
+            },
+            Carry::None => {}
+        }
+        if self.flow > 0 {
+            return self.rest(line, 0, self.flow_node_start);
+        }
+        // Block context: indentation decides which block levels are still open.
+        let indent = line.iter().take_while(|&&b| b == b' ').count();
+        let content = &line[indent..];
+        if content.iter().all(|&b| is_blank(b)) || content.first() == Some(&b'#') {
+            return Ok(()); // blank or comment line
+        }
+        if indent == 0 {
+            if content.starts_with(b"%") {
+                return Ok(()); // directive
+            }
+            if content.starts_with(b"---") && blank_after(content, 2) {
+                self.block.clear();
+                return self.rest(line, 3, true);
+            }
+            if content.starts_with(b"...") && blank_after(content, 2) {
+                self.block.clear();
+                return Ok(());
+            }
+        }
+        while self.block.last().is_some_and(|&top| top > indent) {
+            self.block.pop();
+        }
+        i += indent;
+        self.rest(line, i, true)
+    }
+
+    /// Scans `line[i..]`; `node_start`: a node may begin at the next non-blank character.
+    fn rest(&mut self, line: &[u8], mut i: usize, mut node_start: bool) -> Result<(), usize> {
+        while i < line.len() {
+            let b = line[i];
+            if is_blank(b) {
+                i += 1;
+                continue;
+            }
+            // A comment starts at `#` after a blank or at the start of the line.
+            if b == b'#' && (i == 0 || is_blank(line[i - 1])) {
+                return Ok(());
+            }
+            if self.flow > 0 {
+                i = self.flow_token(line, i)?;
+                if self.flow == 0 {
+                    // The outermost flow collection closed: a complete node.
+                    node_start = false;
+                }
+                continue;
+            }
+            // Block context.
+            if !node_start {
+                // After a complete node on this line, only a key indicator or a comment may
+                // follow; anything else is invalid YAML that libyaml refuses at once.
+                if b == b':' && blank_after(line, i) {
+                    node_start = true;
+                }
+                i += 1;
+                continue;
+            }
+            match b {
+                b'-' | b'?' | b':' if blank_after(line, i) => {
+                    self.push_block(i)?;
+                    i += 1;
+                }
+                b'[' | b'{' => {
+                    self.open_flow(i)?;
+                    i += 1;
+                }
+                b'\'' | b'"' => {
+                    let start = i;
+                    match close_quote(line, i + 1, b) {
+                        Some(end) => {
+                            i = end;
+                            node_start = false;
+                            if self.key_follows(line, &mut i) {
+                                self.push_block(start)?;
+                                node_start = true;
+                            }
+                        }
+                        None => {
+                            self.carry = Carry::Quote(b);
+                            return Ok(());
+                        }
+                    }
+                }
+                b'|' | b'>' => {
+                    let parent = self.block.last().map_or(-1, |&c| c as isize);
+                    self.carry = Carry::BlockScalar {
+                        parent,
+                        indent: None,
+                    };
+                    return Ok(()); // the header and its comment end the line
+                }
+                b'&' | b'!' => {
+                    // Anchor or tag: a node still follows.
+                    while i < line.len() && !is_blank(line[i]) {
+                        i += 1;
+                    }
+                }
+                _ => {
+                    // A plain scalar (or alias): up to `: `, ` #` or the end of the line.
+                    let start = i;
+                    while i < line.len() {
+                        let c = line[i];
+                        if c == b':' && blank_after(line, i) {
+                            break;
+                        }
+                        if c == b'#' && is_blank(line[i - 1]) {
+                            break;
+                        }
+                        i += 1;
+                    }
+                    node_start = false;
+                    if self.key_follows(line, &mut i) {
+                        self.push_block(start)?;
+                        node_start = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a scalar ending before `line[*i]`: whether `:` + blank follows (so the scalar was a
+    /// key); moves past the `:` if so.
+    fn key_follows(&self, line: &[u8], i: &mut usize) -> bool {
+        let mut j = *i;
+        while j < line.len() && is_blank(line[j]) {
+            j += 1;
+        }
+        if j < line.len() && line[j] == b':' && blank_after(line, j) {
+            *i = j + 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// One token in flow context starting at the non-blank `line[i]`; returns where to go on.
+    fn flow_token(&mut self, line: &[u8], mut i: usize) -> Result<usize, usize> {
+        let b = line[i];
+        match b {
+            b'[' | b'{' => {
+                self.open_flow(i)?;
+                return Ok(i + 1);
+            }
+            b']' | b'}' => {
+                self.flow -= 1;
+                self.flow_node_start = false;
+                return Ok(i + 1);
+            }
+            b',' => {
+                self.flow_node_start = true;
+                return Ok(i + 1);
+            }
+            _ => {}
+        }
+        if (b == b'?' || b == b':')
+            && line
+                .get(i + 1)
+                .is_none_or(|&c| is_blank(c) || is_flow_indicator(c))
+        {
+            self.flow_node_start = true;
+            return Ok(i + 1);
+        }
+        if self.flow_node_start && (b == b'\'' || b == b'"') {
+            return match close_quote(line, i + 1, b) {
+                Some(end) => {
+                    self.flow_node_start = false;
+                    // JSON-like `"key":value`: a `:` right after a quoted key is an indicator.
+                    if line.get(end) == Some(&b':') {
+                        self.flow_node_start = true;
+                        Ok(end + 1)
+                    } else {
+                        Ok(end)
+                    }
+                }
+                None => {
+                    self.carry = Carry::Quote(b);
+                    Ok(line.len())
+                }
+            };
+        }
+        if self.flow_node_start && (b == b'&' || b == b'!') {
+            // Anchor or tag: a node still follows.
+            while i < line.len() && !is_blank(line[i]) && !is_flow_indicator(line[i]) {
+                i += 1;
+            }
+            return Ok(i);
+        }
+        // A plain scalar or alias: up to a blank, a flow indicator or `:` + blank/indicator.
+        self.flow_node_start = false;
+        i += 1;
+        while i < line.len() {
+            let c = line[i];
+            if is_blank(c) || is_flow_indicator(c) {
+                break;
+            }
+            if c == b':'
+                && line
+                    .get(i + 1)
+                    .is_none_or(|&n| is_blank(n) || is_flow_indicator(n))
+            {
+                break;
+            }
+            i += 1;
+        }
+        Ok(i)
+    }
+}
+
+/// Where a quoted scalar opened with `q` (before `line[from]`) closes: the index after the closing
+/// quote, or `None` if it continues on the next line.
+fn close_quote(line: &[u8], from: usize, q: u8) -> Option<usize> {
+    let mut i = from;
+    while i < line.len() {
+        let b = line[i];
+        if q == b'"' && b == b'\\' {
+            i += 2;
+            continue;
+        }
+        if b == q {
+            if q == b'\'' && line.get(i + 1) == Some(&b'\'') {
+                i += 2; // '' is an escaped quote
+                continue;
+            }
+            return Some(i + 1);
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn depth_ok(text: &str, limit: usize) -> bool {
+        check_nesting(text, limit).is_ok()
+    }
+
+    /// The smallest limit `text` passes.
+    fn depth(text: &str) -> usize {
+        (0..200).find(|&l| depth_ok(text, l)).unwrap()
+    }
+
+    #[test]
+    fn flow_nesting_is_counted() {
+        assert_eq!(depth("a: [[[1]]]\n"), 4);
+        assert_eq!(depth("a: {b: {c: [1, {d: 2}]}}\n"), 5);
+        assert_eq!(depth("[[\n[\n]]]\n"), 3);
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(
+            check_nesting(&deep, 64),
+            Err(TooDeep {
+                line: 1,
+                column: 65
+            })
+        );
+        let unclosed = "{a: ".repeat(50_000);
+        assert!(check_nesting(&unclosed, 64).is_err());
+    }
+
+    #[test]
+    fn block_nesting_is_counted() {
+        assert_eq!(depth("a:\n  b:\n    c: 1\n"), 3);
+        assert_eq!(depth("- - - - x\n"), 4);
+        assert_eq!(depth("a:\n  - b: 1\n    c: 2\n  - d\n"), 3);
+        assert_eq!(depth("a:\n- b\n- c\n"), 1, "a sequence at its key's column");
+        let mut deep = String::new();
+        for i in 0..100 {
+            deep.push_str(&" ".repeat(i));
+            deep.push_str("k:\n");
+        }
+        assert_eq!(depth(&deep), 100);
+        let dashes = "- ".repeat(1000);
+        assert!(check_nesting(&dashes, 64).is_err());
+    }
+
+    #[test]
+    fn text_is_not_structure() {
+        // Brackets in quotes, comments, plain scalars and block scalars.
+        let text = "a: \"[[[[\" # [[[[\nb: '[[[['\nc: x[[[[\nd: |\n  [[[[\n  {{{{\ne: >-\n    [[[\n\n    [[\nf: 'it''s [['\ng: \"\\\"[[\"\n";
+        assert_eq!(depth(text), 1);
+        // A quoted scalar over several lines.
+        assert_eq!(depth("a: \"x\n  [[[[\n  y\"\nb: 1\n"), 1);
+        assert_eq!(depth("a: [\"x\n [[[[ \", 'y\n ]]]]']\n"), 2);
+        // An apostrophe inside a plain scalar opens nothing.
+        assert_eq!(depth("a: don't [\nb: [1]\n"), 2);
+        assert_eq!(depth("a: [it's, 1]\nb: [2]\n"), 2);
+        // `#` without a blank before it is not a comment.
+        assert_eq!(depth("a: [x#y, [1]]\n"), 3);
+    }
+
+    #[test]
+    fn block_scalar_ends_at_dedent() {
+        // The scalar's content is at column 4; a key back at column 2 is structure again.
+        let text = "a:\n  b: |\n    text\n  c: [[[1]]]\n";
+        assert_eq!(depth(text), 5);
+        // `- key: |` belongs to the mapping at column 2, so column 2 ends the scalar.
+        let text = "- k: |\n    t\n  c: [[1]]\n";
+        assert_eq!(depth(text), 4);
+    }
+
+    #[test]
+    fn shipped_configs_are_shallow() {
+        for name in ["gateway.yaml", "gateway.local.yaml"] {
+            let path = format!("{}/../conf/{name}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let d = depth(&text);
+            assert!(d <= 8, "{name}: depth {d}");
+        }
+    }
+}
