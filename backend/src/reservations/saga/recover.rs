@@ -71,7 +71,13 @@ impl Saga {
                 &now_iso,
             ));
         }
-        let body = serde_json::to_string(&view).unwrap_or_default();
+        let body = match serde_json::to_string(&view) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(reservation = %res_id, error = %e, "recovery: view not serializable");
+                return;
+            }
+        };
         let payload = notification_payload(&view, "reservation_confirmed");
         let confirmed = self
             .inv
