@@ -4,6 +4,13 @@ use clap::{Parser, Subcommand};
 
 use backend::reservations::{self, ReservationsArgs};
 
+/// jemalloc instead of glibc malloc: the reservation path allocates many small, short-lived
+/// buffers (JSON, Redis arguments, HTTP headers); perf showed a quarter of the reservations
+/// process's CPU in glibc's malloc/free (docs/benchmarks.md).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Ticket-reservation backend services.
 #[derive(Debug, Parser)]
 #[command(name = "backend", version, about)]

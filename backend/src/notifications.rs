@@ -38,11 +38,14 @@ use crate::telemetry::{self, Metrics, MetricsError};
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
 
+/// Default listen address (SPEC §3).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3003";
+
 /// Command-line flags of `backend notifications`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NotificationsArgs {
     /// Address to listen on.
-    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:3003")]
+    #[arg(long, env = "LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 }
 

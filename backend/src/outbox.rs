@@ -35,16 +35,35 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::reservations::inventory::mark_notification_script;
+use crate::reservations::keys;
+
 /// The outbox stream the confirming script writes to.
-pub const STREAM: &str = "outbox:notifications";
+pub const STREAM: &str = keys::OUTBOX;
 /// The consumer group of the delivery workers.
 pub const GROUP: &str = "notifier";
 /// Default `kind` when an entry has none.
 const DEFAULT_KIND: &str = "reservation_confirmed";
 
-/// Sets the reservation's `notification` field only if the reservation hash exists.
-const MARK_SCRIPT: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
-     redis.call('HSET', KEYS[1], 'notification', ARGV[1]) return 1 end return 0";
+/// Defaults of [`OutboxConfig`], written once for clap and `Default`.
+pub mod defaults {
+    /// `--notifications-url`.
+    pub const NOTIFICATIONS_URL: &str = "http://127.0.0.1:3003";
+    /// `--outbox-block-ms`.
+    pub const BLOCK_MS: u64 = 2_000;
+    /// `--outbox-batch`.
+    pub const BATCH: usize = 32;
+    /// `--outbox-attempt-timeout-ms`.
+    pub const ATTEMPT_TIMEOUT_MS: u64 = 2_000;
+    /// `--outbox-backoff-ms`.
+    pub const BACKOFF_MS: u64 = 200;
+    /// `--outbox-max-backoff-ms`.
+    pub const MAX_BACKOFF_MS: u64 = 10_000;
+    /// `--outbox-claim-idle-ms`.
+    pub const CLAIM_IDLE_MS: u64 = 30_000;
+    /// `--outbox-give-up-ms`.
+    pub const GIVE_UP_MS: u64 = 3_600_000;
+}
 
 /// Flags of the outbox worker (each has an environment twin).
 #[derive(Debug, Clone, PartialEq, clap::Args)]
@@ -53,43 +72,43 @@ pub struct OutboxConfig {
     #[arg(
         long,
         env = "NOTIFICATIONS_URL",
-        default_value = "http://127.0.0.1:3003"
+        default_value = defaults::NOTIFICATIONS_URL
     )]
     pub notifications_url: String,
     /// How long one `XREADGROUP` waits for new entries, in milliseconds.
-    #[arg(long, env = "OUTBOX_BLOCK_MS", default_value_t = 2_000)]
+    #[arg(long, env = "OUTBOX_BLOCK_MS", default_value_t = defaults::BLOCK_MS)]
     pub outbox_block_ms: u64,
     /// Entries read (and delivered concurrently) per batch.
-    #[arg(long, env = "OUTBOX_BATCH", default_value_t = 32)]
+    #[arg(long, env = "OUTBOX_BATCH", default_value_t = defaults::BATCH)]
     pub outbox_batch: usize,
     /// Time limit of one delivery attempt, in milliseconds.
-    #[arg(long, env = "OUTBOX_ATTEMPT_TIMEOUT_MS", default_value_t = 2_000)]
+    #[arg(long, env = "OUTBOX_ATTEMPT_TIMEOUT_MS", default_value_t = defaults::ATTEMPT_TIMEOUT_MS)]
     pub outbox_attempt_timeout_ms: u64,
     /// First retry delay, in milliseconds (doubles per retry, with jitter).
-    #[arg(long, env = "OUTBOX_BACKOFF_MS", default_value_t = 200)]
+    #[arg(long, env = "OUTBOX_BACKOFF_MS", default_value_t = defaults::BACKOFF_MS)]
     pub outbox_backoff_ms: u64,
     /// Longest retry delay, in milliseconds (also caps Redis reconnect delays).
-    #[arg(long, env = "OUTBOX_MAX_BACKOFF_MS", default_value_t = 10_000)]
+    #[arg(long, env = "OUTBOX_MAX_BACKOFF_MS", default_value_t = defaults::MAX_BACKOFF_MS)]
     pub outbox_max_backoff_ms: u64,
     /// Entries left unacknowledged this long by another consumer are taken over, in milliseconds.
-    #[arg(long, env = "OUTBOX_CLAIM_IDLE_MS", default_value_t = 30_000)]
+    #[arg(long, env = "OUTBOX_CLAIM_IDLE_MS", default_value_t = defaults::CLAIM_IDLE_MS)]
     pub outbox_claim_idle_ms: u64,
     /// An entry still undeliverable at this age is given up and marked `failed`, in milliseconds.
-    #[arg(long, env = "OUTBOX_GIVE_UP_MS", default_value_t = 3_600_000)]
+    #[arg(long, env = "OUTBOX_GIVE_UP_MS", default_value_t = defaults::GIVE_UP_MS)]
     pub outbox_give_up_ms: u64,
 }
 
 impl Default for OutboxConfig {
     fn default() -> Self {
         Self {
-            notifications_url: "http://127.0.0.1:3003".into(),
-            outbox_block_ms: 2_000,
-            outbox_batch: 32,
-            outbox_attempt_timeout_ms: 2_000,
-            outbox_backoff_ms: 200,
-            outbox_max_backoff_ms: 10_000,
-            outbox_claim_idle_ms: 30_000,
-            outbox_give_up_ms: 3_600_000,
+            notifications_url: defaults::NOTIFICATIONS_URL.into(),
+            outbox_block_ms: defaults::BLOCK_MS,
+            outbox_batch: defaults::BATCH,
+            outbox_attempt_timeout_ms: defaults::ATTEMPT_TIMEOUT_MS,
+            outbox_backoff_ms: defaults::BACKOFF_MS,
+            outbox_max_backoff_ms: defaults::MAX_BACKOFF_MS,
+            outbox_claim_idle_ms: defaults::CLAIM_IDLE_MS,
+            outbox_give_up_ms: defaults::GIVE_UP_MS,
         }
     }
 }
@@ -351,7 +370,7 @@ impl Worker {
             cfg,
             consumer,
             metrics,
-            mark: redis::Script::new(MARK_SCRIPT),
+            mark: mark_notification_script(),
         })
     }
 
@@ -394,6 +413,8 @@ impl Worker {
             .get_multiplexed_async_connection_with_config(&conn_cfg)
             .await?;
         self.ensure_group(&mut conn).await?;
+        // Marks are sent in pipelines, which do not reload a script on NOSCRIPT: load it here.
+        self.mark.load_async(&mut conn).await?;
         tracing::info!(consumer = %self.consumer, "outbox worker consuming {STREAM}");
         // Our own entries left unacknowledged by a previous life of this consumer (bounded: each
         // round acknowledges the whole batch, so this ends once the history is drained).
@@ -543,18 +564,21 @@ impl Worker {
                 }
             }
         }
+        // One round trip for every mark (the script was loaded when the session started).
+        let mut p = redis::pipe();
         for (reservation_id, outcome) in marks {
             let value = match outcome {
                 Delivery::Sent => "sent",
                 Delivery::Failed => "failed",
             };
-            let _: i64 = self
-                .mark
-                .key(format!("res:{{{reservation_id}}}"))
+            p.cmd("EVALSHA")
+                .arg(self.mark.get_hash())
+                .arg(1)
+                .arg(keys::reservation(reservation_id))
                 .arg(value)
-                .invoke_async(conn)
-                .await?;
+                .ignore();
         }
+        p.query_async::<()>(conn).await?;
         let ids: Vec<&str> = messages.iter().map(|m| m.entry_id.as_str()).collect();
         redis::pipe()
             .atomic()

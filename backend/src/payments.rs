@@ -1,7 +1,9 @@
 //! The payments service (`backend payments`): a simulated payment provider.
 //!
-//! State lives in process memory only (a restart forgets every payment); that is enough for a
-//! demo provider and keeps it fast. API (SPEC §6):
+//! The ledger lives in Redis under its own keys (`pay:{<reservationId>}`, `pay:summary`), changed
+//! only by the Lua scripts in `payments/`: a restarted payments service still knows what it
+//! charged and refunded, as a real provider would, so the reservations saga's "ask, then refund"
+//! stays correct across a payments restart. API (SPEC §6):
 //!
 //! - `POST /payments` `{reservationId, amount, userEmail}`: idempotent on `reservationId`. The
 //!   first charge answers 201 with the payment; a repeat answers 200 with the same payment (same
@@ -19,7 +21,9 @@
 //! - `GET /admin/payments/summary`: counts and the net amount charged over all reservations.
 //!
 //! Every payment carries `netAmount`: what the customer is charged now (the amount while
-//! `charged`, 0 once refunded or declined).
+//! `charged`, 0 once refunded or declined). While Redis is unreachable the API answers 503
+//! `ledger_unavailable` (nothing done); when a ledger write's outcome is unknown (a timeout),
+//! 500 `ledger_unknown` (the caller must ask again, as after any timeout).
 //!
 //! Also `/health`, `/ready`, `/metrics`, `GET|PUT|DELETE /admin/chaos` (`down`, `latencyMs`,
 //! `errorRate` apply to the API; see [`crate::chaos`]).
@@ -35,28 +39,39 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, SecondsFormat, Utc};
-use parking_lot::Mutex;
+use chrono::{SecondsFormat, Utc};
 use prometheus::{IntCounterVec, Opts};
+use redis::Script;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::chaos::Chaos;
 use crate::error::ApiError;
+use crate::store::{Store, StoreConfig, StoreError};
 use crate::telemetry::{self, Metrics, MetricsError};
 
 /// Largest amount charged without a decline (SPEC §6: "an amount over 10000 is declined").
 pub const DEFAULT_DECLINE_ABOVE: f64 = 10_000.0;
+/// Default listen address (SPEC §3).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3002";
+/// Default Redis holding the ledger.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
 
 /// Command-line flags of `backend payments`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PaymentsArgs {
     /// Address to listen on.
-    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:3002")]
+    #[arg(long, env = "LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Amounts strictly above this are declined with 402.
     #[arg(long, env = "DECLINE_ABOVE", default_value_t = DEFAULT_DECLINE_ABOVE)]
     pub decline_above: f64,
+    /// Redis holding the ledger (keys `pay:*`).
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+    /// Guarded Redis tuning.
+    #[command(flatten)]
+    pub store: StoreConfig,
 }
 
 /// Lifecycle of one reservation's payment.
@@ -65,10 +80,21 @@ pub struct PaymentsArgs {
 pub enum PaymentState {
     /// Money taken.
     Charged,
-    /// Money taken and given back (or a refund arrived before any charge).
+    /// Money taken and given back.
     Refunded,
     /// The charge was refused; nothing taken.
     Declined,
+}
+
+impl PaymentState {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "charged" => Some(Self::Charged),
+            "refunded" => Some(Self::Refunded),
+            "declined" => Some(Self::Declined),
+            _ => None,
+        }
+    }
 }
 
 /// One reservation's payment, as the API shows it.
@@ -94,27 +120,11 @@ pub struct Payment {
     pub net_amount: f64,
 }
 
-/// A ledger entry: a payment, or a refund that came before any charge.
-#[derive(Debug, Clone)]
-enum Entry {
-    Payment(Payment),
-    /// Refund requested while nothing was charged; later charges are refused.
-    RefundTombstone {
-        at: DateTime<Utc>,
-    },
-}
-
-/// Outcome of a charge attempt, decided under the ledger lock.
+/// Outcome of a charge attempt, decided by `charge.lua`.
 enum ChargeOutcome {
     Created(Payment),
     Repeated(Payment),
     Declined(Payment),
-}
-
-/// All payments of this process, keyed by reservation id.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    entries: Mutex<HashMap<String, Entry>>,
 }
 
 /// Totals over the ledger (`GET /admin/payments/summary`).
@@ -133,116 +143,195 @@ pub struct LedgerSummary {
     pub net_amount: f64,
 }
 
-fn now_rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+/// The ledger key of one reservation.
+fn payment_key(reservation_id: &str) -> String {
+    format!("pay:{{{reservation_id}}}")
+}
+
+/// The ledger totals key.
+const SUMMARY_KEY: &str = "pay:summary";
+
+fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The payments ledger in Redis.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    store: Store,
+    charge: Arc<Script>,
+    refund: Arc<Script>,
 }
 
 impl Ledger {
-    fn charge(&self, req: ChargeRequest, decline_above: f64) -> Result<ChargeOutcome, ApiError> {
-        let mut entries = self.entries.lock();
-        match entries.get(&req.reservation_id) {
-            Some(Entry::RefundTombstone { at }) => {
-                Err(already_refunded(&req.reservation_id).with("refundedAt", now_rfc3339(*at)))
-            }
-            Some(Entry::Payment(p)) => {
-                if p.amount != req.amount || p.user_email != req.user_email {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "payment_mismatch",
-                        "this reservation was already charged with another amount or e-mail",
-                    )
-                    .with("reservationId", p.reservation_id.clone()));
-                }
-                match p.status {
-                    PaymentState::Charged => Ok(ChargeOutcome::Repeated(p.clone())),
-                    PaymentState::Declined => Ok(ChargeOutcome::Declined(p.clone())),
-                    PaymentState::Refunded => Err(already_refunded(&req.reservation_id)),
-                }
-            }
-            None => {
-                let declined = req.amount > decline_above;
-                let payment = Payment {
-                    payment_id: format!("pay_{}", uuid::Uuid::new_v4().simple()),
-                    reservation_id: req.reservation_id.clone(),
-                    amount: req.amount,
-                    user_email: req.user_email,
-                    status: if declined {
-                        PaymentState::Declined
-                    } else {
-                        PaymentState::Charged
-                    },
-                    created_at: now_rfc3339(Utc::now()),
-                    refunded_at: None,
-                    net_amount: if declined { 0.0 } else { req.amount },
-                };
-                entries.insert(req.reservation_id, Entry::Payment(payment.clone()));
-                Ok(if declined {
-                    ChargeOutcome::Declined(payment)
-                } else {
-                    ChargeOutcome::Created(payment)
-                })
-            }
+    /// A ledger on `store`.
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            charge: Arc::new(Script::new(include_str!("payments/charge.lua"))),
+            refund: Arc::new(Script::new(include_str!("payments/refund.lua"))),
         }
     }
 
-    fn refund(&self, reservation_id: &str) -> Result<Payment, ApiError> {
-        let mut entries = self.entries.lock();
-        match entries.get_mut(reservation_id) {
-            None => {
-                entries.insert(
-                    reservation_id.to_owned(),
-                    Entry::RefundTombstone { at: Utc::now() },
-                );
-                Err(not_found(reservation_id).with("refundRecorded", true))
+    async fn charge(
+        &self,
+        req: ChargeRequest,
+        decline_above: f64,
+    ) -> Result<ChargeOutcome, ApiError> {
+        let keys = [payment_key(&req.reservation_id), SUMMARY_KEY.to_owned()];
+        let declined = req.amount > decline_above;
+        let args = [
+            req.reservation_id.clone(),
+            req.amount.to_string(),
+            req.user_email.clone(),
+            if declined { "1" } else { "0" }.to_owned(),
+            format!("pay_{}", uuid::Uuid::new_v4().simple()),
+            now_rfc3339(),
+        ];
+        let reply: Vec<String> = self
+            .store
+            .invoke_script(&self.charge, &keys, &args)
+            .await
+            .map_err(ledger_error)?;
+        let id = &req.reservation_id;
+        match reply.first().map(String::as_str) {
+            Some("created") => Ok(ChargeOutcome::Created(payment(id, &reply)?)),
+            Some("repeated") => Ok(ChargeOutcome::Repeated(payment(id, &reply)?)),
+            Some("declined") => Ok(ChargeOutcome::Declined(payment(id, &reply)?)),
+            Some("mismatch") => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "payment_mismatch",
+                "this reservation was already charged with another amount or e-mail",
+            )
+            .with("reservationId", id.as_str())),
+            Some("already_refunded") => {
+                let at = reply.get(1).cloned().unwrap_or_default();
+                Err(already_refunded(id).with("refundedAt", at))
             }
-            Some(Entry::RefundTombstone { .. }) => {
-                Err(not_found(reservation_id).with("refundRecorded", true))
-            }
-            Some(Entry::Payment(p)) => match p.status {
-                PaymentState::Declined => Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "not_refundable",
-                    "a declined payment has nothing to refund",
-                )
-                .with("reservationId", reservation_id)),
-                PaymentState::Refunded => Ok(p.clone()),
-                PaymentState::Charged => {
-                    p.status = PaymentState::Refunded;
-                    p.refunded_at = Some(now_rfc3339(Utc::now()));
-                    p.net_amount = 0.0;
-                    Ok(p.clone())
-                }
-            },
+            _ => Err(unexpected("charge", &reply)),
+        }
+    }
+
+    async fn refund(&self, reservation_id: &str) -> Result<Payment, ApiError> {
+        let keys = [payment_key(reservation_id), SUMMARY_KEY.to_owned()];
+        let args = [reservation_id.to_owned(), now_rfc3339()];
+        let reply: Vec<String> = self
+            .store
+            .invoke_script(&self.refund, &keys, &args)
+            .await
+            .map_err(ledger_error)?;
+        match reply.first().map(String::as_str) {
+            Some("refunded") => payment(reservation_id, &reply),
+            Some("tombstone") => Err(not_found(reservation_id).with("refundRecorded", true)),
+            Some("not_refundable") => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_refundable",
+                "a declined payment has nothing to refund",
+            )
+            .with("reservationId", reservation_id)),
+            _ => Err(unexpected("refund", &reply)),
         }
     }
 
     /// The payment of a reservation, if one was charged or declined.
-    pub fn get(&self, reservation_id: &str) -> Option<Payment> {
-        match self.entries.lock().get(reservation_id) {
-            Some(Entry::Payment(p)) => Some(p.clone()),
-            _ => None,
+    pub async fn get(&self, reservation_id: &str) -> Result<Option<Payment>, ApiError> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(payment_key(reservation_id)).arg(&[
+            "status",
+            "paymentId",
+            "amount",
+            "userEmail",
+            "createdAt",
+            "refundedAt",
+        ]);
+        let fields: Vec<Option<String>> = self.store.query(&cmd).await.map_err(ledger_error)?;
+        match fields.first().cloned().flatten().as_deref() {
+            None | Some("tombstone") => Ok(None),
+            Some(_) => {
+                let mut reply = vec!["get".to_owned()];
+                reply.push(fields[1].clone().unwrap_or_default());
+                reply.push(fields[2].clone().unwrap_or_default());
+                reply.push(fields[3].clone().unwrap_or_default());
+                reply.push(fields[0].clone().unwrap_or_default());
+                reply.push(fields[4].clone().unwrap_or_default());
+                reply.push(fields[5].clone().unwrap_or_default());
+                payment(reservation_id, &reply).map(Some)
+            }
         }
     }
 
     /// Totals over every reservation.
-    pub fn summary(&self) -> LedgerSummary {
-        let entries = self.entries.lock();
-        let mut s = LedgerSummary::default();
-        for e in entries.values() {
-            match e {
-                Entry::RefundTombstone { .. } => s.refunds_before_charge += 1,
-                Entry::Payment(p) => {
-                    s.net_amount += p.net_amount;
-                    match p.status {
-                        PaymentState::Charged => s.charged += 1,
-                        PaymentState::Refunded => s.refunded += 1,
-                        PaymentState::Declined => s.declined += 1,
-                    }
-                }
-            }
-        }
-        s
+    pub async fn summary(&self) -> Result<LedgerSummary, ApiError> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(SUMMARY_KEY);
+        let m: HashMap<String, String> = self.store.query(&cmd).await.map_err(ledger_error)?;
+        let n = |k: &str| {
+            m.get(k)
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(0)
+                .max(0) as u64
+        };
+        let net: f64 = m
+            .get("netAmount")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        Ok(LedgerSummary {
+            charged: n("charged"),
+            refunded: n("refunded"),
+            declined: n("declined"),
+            refunds_before_charge: n("refundsBeforeCharge"),
+            // Sums of cents kept as floats: round away the representation noise.
+            net_amount: (net * 100.0).round() / 100.0,
+        })
     }
+}
+
+/// A payment from a script reply `{tag, paymentId, amount, userEmail, status, createdAt,
+/// refundedAt}`.
+fn payment(reservation_id: &str, reply: &[String]) -> Result<Payment, ApiError> {
+    let [_, payment_id, amount, user_email, status, created_at, refunded_at] = reply else {
+        return Err(unexpected("payment", reply));
+    };
+    let (Some(status), Ok(amount)) = (PaymentState::parse(status), amount.parse::<f64>()) else {
+        return Err(unexpected("payment", reply));
+    };
+    Ok(Payment {
+        payment_id: payment_id.clone(),
+        reservation_id: reservation_id.to_owned(),
+        amount,
+        user_email: user_email.clone(),
+        status,
+        created_at: created_at.clone(),
+        refunded_at: Some(refunded_at.clone()).filter(|s| !s.is_empty()),
+        net_amount: if status == PaymentState::Charged {
+            amount
+        } else {
+            0.0
+        },
+    })
+}
+
+fn unexpected(what: &str, reply: &[String]) -> ApiError {
+    tracing::error!(what, ?reply, "unexpected ledger reply");
+    ApiError::internal(format!("unexpected ledger reply to {what}"))
+}
+
+/// Redis unreachable: 503 (nothing done, safe to retry). Outcome unknown: 500 (ask again).
+fn ledger_error(e: StoreError) -> ApiError {
+    if e.outcome_unknown() {
+        tracing::warn!(error = %e, "ledger write outcome unknown");
+        return ApiError::internal("the ledger did not answer in time; the outcome is unknown")
+            .with("error_kind", "ledger_unknown");
+    }
+    if e.reply_message().is_some() {
+        tracing::error!(error = %e, "ledger script failed");
+        return ApiError::internal("ledger script failed");
+    }
+    ApiError::unavailable(
+        "ledger_unavailable",
+        "the payments ledger is unreachable; nothing was done",
+        e.retry_after_secs(),
+    )
 }
 
 fn not_found(reservation_id: &str) -> ApiError {
@@ -294,8 +383,8 @@ impl ChargeRequest {
 /// Shared state of the payments service.
 #[derive(Clone)]
 pub struct PaymentsState {
-    /// The in-memory ledger.
-    pub ledger: Arc<Ledger>,
+    /// The ledger in Redis.
+    pub ledger: Ledger,
     /// Chaos switches (`/admin/chaos`).
     pub chaos: Arc<Chaos>,
     /// Prometheus registry and HTTP metrics.
@@ -305,9 +394,25 @@ pub struct PaymentsState {
     outcomes: IntCounterVec,
 }
 
+/// Building the payments state failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentsSetupError {
+    /// Metrics registration.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// A malformed Redis URL.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 impl PaymentsState {
-    /// Fresh state with an empty ledger, chaos off and its own metrics registry.
-    pub fn new(decline_above: f64) -> Result<Self, MetricsError> {
+    /// Fresh state on the ledger in `redis_url` (connected lazily), chaos off, its own metrics
+    /// registry.
+    pub fn new(
+        decline_above: f64,
+        redis_url: &str,
+        store: StoreConfig,
+    ) -> Result<Self, PaymentsSetupError> {
         let metrics = Metrics::new("payments")?;
         let outcomes = IntCounterVec::new(
             Opts::new(
@@ -315,10 +420,14 @@ impl PaymentsState {
                 "Payment operations by kind and result",
             ),
             &["operation", "result"],
-        )?;
+        )
+        .map_err(MetricsError::from)?;
         metrics.register(Box::new(outcomes.clone()))?;
+        // The ledger's store has its own chaos switch, never turned on: payments' chaos acts on
+        // its HTTP API.
+        let store = Store::connect(redis_url, store, Chaos::new())?;
         Ok(Self {
-            ledger: Arc::new(Ledger::default()),
+            ledger: Ledger::new(store),
             chaos: Chaos::new(),
             metrics,
             decline_above,
@@ -345,13 +454,13 @@ pub fn router(state: PaymentsState) -> Router {
 
 /// Runs `backend payments` until SIGINT/SIGTERM.
 pub async fn run(args: PaymentsArgs) -> anyhow::Result<()> {
-    let state = PaymentsState::new(args.decline_above)?;
+    let state = PaymentsState::new(args.decline_above, &args.redis_url, args.store)?;
     telemetry::serve(args.listen, router(state), "payments").await
 }
 
 async fn charge(State(st): State<PaymentsState>, body: Bytes) -> Result<Response, ApiError> {
     let req = ChargeRequest::parse(&body)?;
-    let outcome = st.ledger.charge(req, st.decline_above);
+    let outcome = st.ledger.charge(req, st.decline_above).await;
     match outcome {
         Ok(ChargeOutcome::Created(p)) => {
             st.count("charge", "charged");
@@ -389,6 +498,7 @@ async fn get_payment(
     let reservation_id = path.map(|Path(id)| id).unwrap_or_default();
     st.ledger
         .get(&reservation_id)
+        .await?
         .map(Json)
         .ok_or_else(|| not_found(&reservation_id))
 }
@@ -399,7 +509,7 @@ async fn refund(
 ) -> Result<Json<Payment>, ApiError> {
     // An id that is not UTF-8 once percent-decoded names no payment (axum would answer 400 text).
     let reservation_id = path.map(|Path(id)| id).unwrap_or_default();
-    match st.ledger.refund(&reservation_id) {
+    match st.ledger.refund(&reservation_id).await {
         Ok(p) => {
             st.count("refund", "refunded");
             tracing::info!(%reservation_id, payment_id = %p.payment_id, "refunded");
@@ -413,75 +523,47 @@ async fn refund(
     }
 }
 
-async fn summary(State(st): State<PaymentsState>) -> Json<LedgerSummary> {
-    Json(st.ledger.summary())
+async fn summary(State(st): State<PaymentsState>) -> Result<Json<LedgerSummary>, ApiError> {
+    st.ledger.summary().await.map(Json)
 }
 
-async fn ready() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `GET /ready`: 200 when the ledger's Redis answers, else 503.
+async fn ready(State(st): State<PaymentsState>) -> Response {
+    match st.ledger.store.ping().await {
+        Ok(()) => Json(json!({"status": "ok", "redis": "ok"})).into_response(),
+        Err(e) => ledger_error(e).into_response(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn req(id: &str, amount: f64) -> ChargeRequest {
-        ChargeRequest {
-            reservation_id: id.into(),
-            amount,
-            user_email: "a@b.c".into(),
-        }
+    #[test]
+    fn payments_parse_from_ledger_replies() {
+        let r = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = payment(
+            "r1",
+            &r(&["created", "pay_1", "50", "a@b.c", "charged", "t0", ""]),
+        )
+        .unwrap();
+        assert_eq!((p.net_amount, p.refunded_at.as_deref()), (50.0, None));
+        let p = payment(
+            "r1",
+            &r(&["refunded", "pay_1", "50", "a@b.c", "refunded", "t0", "t1"]),
+        )
+        .unwrap();
+        assert_eq!((p.net_amount, p.refunded_at.as_deref()), (0.0, Some("t1")));
+        assert!(payment("r1", &r(&["created", "pay_1", "50"])).is_err());
+        assert!(payment(
+            "r1",
+            &r(&["created", "pay_1", "50", "a@b.c", "stolen", "t0", ""])
+        )
+        .is_err());
     }
 
     #[test]
-    fn charge_is_idempotent_and_refund_zeroes_net() {
-        let l = Ledger::default();
-        let ChargeOutcome::Created(p1) = l.charge(req("r1", 50.0), 10_000.0).unwrap() else {
-            panic!("first charge must create")
-        };
-        let ChargeOutcome::Repeated(p2) = l.charge(req("r1", 50.0), 10_000.0).unwrap() else {
-            panic!("repeat must return the same payment")
-        };
-        assert_eq!(p1.payment_id, p2.payment_id);
-        assert_eq!(l.summary().net_amount, 50.0);
-        let r = l.refund("r1").unwrap();
-        assert_eq!(r.status, PaymentState::Refunded);
-        assert_eq!(l.refund("r1").unwrap().status, PaymentState::Refunded);
-        assert_eq!(l.summary().net_amount, 0.0);
-        assert_eq!(
-            l.charge(req("r1", 50.0), 10_000.0).err().map(|e| e.code),
-            Some("already_refunded")
-        );
-    }
-
-    #[test]
-    fn refund_before_charge_blocks_the_charge() {
-        let l = Ledger::default();
-        assert_eq!(l.refund("r2").unwrap_err().code, "payment_not_found");
-        assert_eq!(
-            l.charge(req("r2", 10.0), 10_000.0).err().map(|e| e.code),
-            Some("already_refunded")
-        );
-        assert!(l.get("r2").is_none());
-        assert_eq!(l.summary().refunds_before_charge, 1);
-        assert_eq!(l.summary().net_amount, 0.0);
-    }
-
-    #[test]
-    fn declines_are_remembered_and_not_refundable() {
-        let l = Ledger::default();
-        assert!(matches!(
-            l.charge(req("r3", 10_000.01), 10_000.0),
-            Ok(ChargeOutcome::Declined(_))
-        ));
-        assert!(matches!(
-            l.charge(req("r3", 10_000.01), 10_000.0),
-            Ok(ChargeOutcome::Declined(_))
-        ));
-        assert_eq!(l.refund("r3").unwrap_err().code, "not_refundable");
-        assert!(matches!(
-            l.charge(req("r4", 10_000.0), 10_000.0),
-            Ok(ChargeOutcome::Created(_))
-        ));
+    fn payment_keys_carry_the_reservation_as_hash_tag() {
+        assert_eq!(payment_key("r1"), "pay:{r1}");
     }
 }

@@ -25,54 +25,78 @@ use resilience::{BreakerConfig, BreakerState, Bulkhead, BulkheadConfig, CircuitB
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+/// Defaults of [`PaymentsClientConfig`], written once for clap and `Default`.
+pub mod defaults {
+    /// `--payments-url`.
+    pub const URL: &str = "http://127.0.0.1:3002";
+    /// `--payments-attempt-timeout-ms`.
+    pub const ATTEMPT_TIMEOUT_MS: u64 = 5_000;
+    /// `--payments-max-attempts`.
+    pub const MAX_ATTEMPTS: u32 = 3;
+    /// `--payments-backoff-ms`.
+    pub const BACKOFF_MS: u64 = 200;
+    /// `--payments-breaker-failure-rate`.
+    pub const BREAKER_FAILURE_RATE: f64 = 0.5;
+    /// `--payments-breaker-min-calls`.
+    pub const BREAKER_MIN_CALLS: u32 = 5;
+    /// `--payments-breaker-window-ms`.
+    pub const BREAKER_WINDOW_MS: u64 = 30_000;
+    /// `--payments-breaker-open-ms`.
+    pub const BREAKER_OPEN_MS: u64 = 15_000;
+    /// `--payments-max-concurrent` (SPEC §5: 10).
+    pub const MAX_CONCURRENT: usize = 10;
+    /// `--payments-slot-wait-ms` (SPEC §5: 1 s).
+    pub const SLOT_WAIT_MS: u64 = 1_000;
+}
+
 /// Flags of the payments client (each has an environment twin).
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct PaymentsClientConfig {
     /// Base URL of the payments service.
-    #[arg(long, env = "PAYMENTS_URL", default_value = "http://127.0.0.1:3002")]
+    #[arg(long, env = "PAYMENTS_URL", default_value = defaults::URL)]
     pub payments_url: String,
     /// Time limit of one HTTP attempt, in milliseconds.
-    #[arg(long, env = "PAYMENTS_ATTEMPT_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "PAYMENTS_ATTEMPT_TIMEOUT_MS", default_value_t = defaults::ATTEMPT_TIMEOUT_MS)]
     pub payments_attempt_timeout_ms: u64,
     /// Attempts per call, first one included.
-    #[arg(long, env = "PAYMENTS_MAX_ATTEMPTS", default_value_t = 3)]
+    #[arg(long, env = "PAYMENTS_MAX_ATTEMPTS", default_value_t = defaults::MAX_ATTEMPTS)]
     pub payments_max_attempts: u32,
     /// First backoff between attempts, in milliseconds (doubles each time, with jitter).
-    #[arg(long, env = "PAYMENTS_BACKOFF_MS", default_value_t = 200)]
+    #[arg(long, env = "PAYMENTS_BACKOFF_MS", default_value_t = defaults::BACKOFF_MS)]
     pub payments_backoff_ms: u64,
     /// Failure ratio over the window that opens the payments breaker.
-    #[arg(long, env = "PAYMENTS_BREAKER_FAILURE_RATE", default_value_t = 0.5)]
+    #[arg(long, env = "PAYMENTS_BREAKER_FAILURE_RATE", default_value_t = defaults::BREAKER_FAILURE_RATE)]
     pub payments_breaker_failure_rate: f64,
     /// Minimum attempts in the window before the breaker judges the ratio.
-    #[arg(long, env = "PAYMENTS_BREAKER_MIN_CALLS", default_value_t = 5)]
+    #[arg(long, env = "PAYMENTS_BREAKER_MIN_CALLS", default_value_t = defaults::BREAKER_MIN_CALLS)]
     pub payments_breaker_min_calls: u32,
     /// Breaker sliding window, in milliseconds.
-    #[arg(long, env = "PAYMENTS_BREAKER_WINDOW_MS", default_value_t = 30_000)]
+    #[arg(long, env = "PAYMENTS_BREAKER_WINDOW_MS", default_value_t = defaults::BREAKER_WINDOW_MS)]
     pub payments_breaker_window_ms: u64,
     /// How long the breaker stays open before one probe, in milliseconds.
-    #[arg(long, env = "PAYMENTS_BREAKER_OPEN_MS", default_value_t = 15_000)]
+    #[arg(long, env = "PAYMENTS_BREAKER_OPEN_MS", default_value_t = defaults::BREAKER_OPEN_MS)]
     pub payments_breaker_open_ms: u64,
     /// Concurrent calls to payments allowed from this process (bulkhead).
-    #[arg(long, env = "PAYMENTS_MAX_CONCURRENT", default_value_t = 10)]
+    #[arg(long, env = "PAYMENTS_MAX_CONCURRENT", default_value_t = defaults::MAX_CONCURRENT)]
     pub payments_max_concurrent: usize,
     /// Longest wait for a bulkhead slot, in milliseconds.
-    #[arg(long, env = "PAYMENTS_SLOT_WAIT_MS", default_value_t = 1_000)]
+    #[arg(long, env = "PAYMENTS_SLOT_WAIT_MS", default_value_t = defaults::SLOT_WAIT_MS)]
     pub payments_slot_wait_ms: u64,
 }
 
 impl Default for PaymentsClientConfig {
     fn default() -> Self {
         Self {
-            payments_url: "http://127.0.0.1:3002".into(),
-            payments_attempt_timeout_ms: 5_000,
-            payments_max_attempts: 3,
-            payments_backoff_ms: 200,
-            payments_breaker_failure_rate: 0.5,
-            payments_breaker_min_calls: 5,
-            payments_breaker_window_ms: 30_000,
-            payments_breaker_open_ms: 15_000,
-            payments_max_concurrent: 10,
-            payments_slot_wait_ms: 1_000,
+            payments_url: defaults::URL.into(),
+            payments_attempt_timeout_ms: defaults::ATTEMPT_TIMEOUT_MS,
+            payments_max_attempts: defaults::MAX_ATTEMPTS,
+            payments_backoff_ms: defaults::BACKOFF_MS,
+            payments_breaker_failure_rate: defaults::BREAKER_FAILURE_RATE,
+            payments_breaker_min_calls: defaults::BREAKER_MIN_CALLS,
+            payments_breaker_window_ms: defaults::BREAKER_WINDOW_MS,
+            payments_breaker_open_ms: defaults::BREAKER_OPEN_MS,
+            payments_max_concurrent: defaults::MAX_CONCURRENT,
+            payments_slot_wait_ms: defaults::SLOT_WAIT_MS,
         }
     }
 }

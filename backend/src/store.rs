@@ -27,46 +27,64 @@ use resilience::{BreakerConfig, BreakerState, CircuitBreaker};
 
 use crate::chaos::Chaos;
 
+/// Defaults of [`StoreConfig`], written once for clap and `Default`.
+pub mod defaults {
+    /// `--redis-timeout-ms`.
+    pub const TIMEOUT_MS: u64 = 1_000;
+    /// `--redis-breaker-failure-rate`.
+    pub const BREAKER_FAILURE_RATE: f64 = 0.5;
+    /// `--redis-breaker-min-calls`.
+    pub const BREAKER_MIN_CALLS: u32 = 5;
+    /// `--redis-breaker-window-ms`.
+    pub const BREAKER_WINDOW_MS: u64 = 10_000;
+    /// `--redis-breaker-open-ms`.
+    pub const BREAKER_OPEN_MS: u64 = 5_000;
+    /// `--redis-breaker-consecutive-failures`.
+    pub const BREAKER_CONSECUTIVE_FAILURES: u32 = 3;
+    /// `--redis-connect-timeout-ms`.
+    pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+}
+
 /// Tuning of the guarded Redis (each flag has an environment twin).
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct StoreConfig {
     /// Hard limit for one Redis call (command, script or pipeline), in milliseconds. Generous on
     /// purpose: a slow answer from a loaded Redis is not an outage. Fail-fast while Redis is
     /// unreachable comes from refused connections (instant) and the breaker, not from this.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 1_000)]
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = defaults::TIMEOUT_MS)]
     pub redis_timeout_ms: u64,
     /// Failure ratio over the window that opens the Redis breaker.
-    #[arg(long, env = "REDIS_BREAKER_FAILURE_RATE", default_value_t = 0.5)]
+    #[arg(long, env = "REDIS_BREAKER_FAILURE_RATE", default_value_t = defaults::BREAKER_FAILURE_RATE)]
     pub redis_breaker_failure_rate: f64,
     /// Minimum calls in the window before the breaker judges the ratio.
-    #[arg(long, env = "REDIS_BREAKER_MIN_CALLS", default_value_t = 5)]
+    #[arg(long, env = "REDIS_BREAKER_MIN_CALLS", default_value_t = defaults::BREAKER_MIN_CALLS)]
     pub redis_breaker_min_calls: u32,
     /// Breaker sliding window, in milliseconds.
-    #[arg(long, env = "REDIS_BREAKER_WINDOW_MS", default_value_t = 10_000)]
+    #[arg(long, env = "REDIS_BREAKER_WINDOW_MS", default_value_t = defaults::BREAKER_WINDOW_MS)]
     pub redis_breaker_window_ms: u64,
     /// How long the breaker stays open before one probe call, in milliseconds.
-    #[arg(long, env = "REDIS_BREAKER_OPEN_MS", default_value_t = 5_000)]
+    #[arg(long, env = "REDIS_BREAKER_OPEN_MS", default_value_t = defaults::BREAKER_OPEN_MS)]
     pub redis_breaker_open_ms: u64,
     /// Failures in a row that open the breaker whatever the window's ratio (0 = ratio only).
     /// Without it, Redis dying after a busy minute would have to fail as many calls as had just
     /// succeeded, each costing up to the call timeout (seen with `docker compose stop redis`).
-    #[arg(long, env = "REDIS_BREAKER_CONSECUTIVE_FAILURES", default_value_t = 3)]
+    #[arg(long, env = "REDIS_BREAKER_CONSECUTIVE_FAILURES", default_value_t = defaults::BREAKER_CONSECUTIVE_FAILURES)]
     pub redis_breaker_consecutive_failures: u32,
     /// TCP connect timeout for (re)connections, in milliseconds.
-    #[arg(long, env = "REDIS_CONNECT_TIMEOUT_MS", default_value_t = 1_000)]
+    #[arg(long, env = "REDIS_CONNECT_TIMEOUT_MS", default_value_t = defaults::CONNECT_TIMEOUT_MS)]
     pub redis_connect_timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            redis_timeout_ms: 1_000,
-            redis_breaker_failure_rate: 0.5,
-            redis_breaker_min_calls: 5,
-            redis_breaker_window_ms: 10_000,
-            redis_breaker_open_ms: 5_000,
-            redis_breaker_consecutive_failures: 3,
-            redis_connect_timeout_ms: 1_000,
+            redis_timeout_ms: defaults::TIMEOUT_MS,
+            redis_breaker_failure_rate: defaults::BREAKER_FAILURE_RATE,
+            redis_breaker_min_calls: defaults::BREAKER_MIN_CALLS,
+            redis_breaker_window_ms: defaults::BREAKER_WINDOW_MS,
+            redis_breaker_open_ms: defaults::BREAKER_OPEN_MS,
+            redis_breaker_consecutive_failures: defaults::BREAKER_CONSECUTIVE_FAILURES,
+            redis_connect_timeout_ms: defaults::CONNECT_TIMEOUT_MS,
         }
     }
 }

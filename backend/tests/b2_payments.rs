@@ -4,17 +4,23 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use backend::payments::{router, PaymentsState};
+use backend::store::StoreConfig;
+use common::RedisServer;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-/// Serves a fresh payments service on 127.0.0.1:<free port>; returns its base URL.
-async fn start() -> String {
-    let state = PaymentsState::new(10_000.0).unwrap();
+/// Serves a fresh payments service on 127.0.0.1:<free port>, its ledger on a fresh Redis;
+/// returns its base URL and the Redis (stopped when dropped).
+async fn start() -> (String, RedisServer) {
+    let redis = RedisServer::start();
+    let state = PaymentsState::new(10_000.0, &redis.url(), StoreConfig::default()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router(state)).await });
-    format!("http://{addr}")
+    (format!("http://{addr}"), redis)
 }
 
 fn http() -> reqwest::Client {
@@ -63,7 +69,7 @@ async fn chaos(c: &reqwest::Client, base: &str, body: Value) {
 
 #[tokio::test]
 async fn charge_is_idempotent() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     let (s1, p1) = charge(&c, &base, "R-1", 50.0).await;
     assert_eq!(s1, StatusCode::CREATED);
@@ -101,7 +107,7 @@ async fn charge_is_idempotent() {
 
 #[tokio::test]
 async fn concurrent_duplicate_charges_charge_once() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -126,7 +132,7 @@ async fn concurrent_duplicate_charges_charge_once() {
 
 #[tokio::test]
 async fn decline_above_10000_is_remembered() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     let (s, ok) = charge(&c, &base, "R-max", 10_000.0).await;
     assert_eq!(s, StatusCode::CREATED, "{ok}");
@@ -159,7 +165,7 @@ async fn decline_above_10000_is_remembered() {
 
 #[tokio::test]
 async fn refund_is_idempotent_and_final() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     charge(&c, &base, "R-2", 75.0).await;
     for _ in 0..2 {
@@ -207,7 +213,7 @@ async fn refund_is_idempotent_and_final() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refund_arriving_while_charge_sleeps_wins() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     chaos(&c, &base, json!({"latencyMs": 1500})).await;
     let slow = {
@@ -249,7 +255,7 @@ async fn refund_arriving_while_charge_sleeps_wins() {
 
 #[tokio::test]
 async fn bad_input_table() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     let cases: Vec<(&str, StatusCode, &str, Option<&str>)> = vec![
         ("{", StatusCode::BAD_REQUEST, "invalid_json", None),
@@ -323,7 +329,7 @@ async fn bad_input_table() {
 
 #[tokio::test]
 async fn chaos_down_spares_admin_and_metrics() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     chaos(&c, &base, json!({"down": true})).await;
     let (s, e) = charge(&c, &base, "R-3", 1.0).await;
@@ -362,7 +368,7 @@ async fn chaos_down_spares_admin_and_metrics() {
 
 #[tokio::test]
 async fn chaos_admin_validates() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     let put = |body: &'static str| {
         let c = c.clone();
@@ -398,7 +404,7 @@ async fn chaos_admin_validates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_latency_delays_api_but_not_health() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     chaos(&c, &base, json!({"latencyMs": 800})).await;
     let started = Instant::now();
@@ -413,7 +419,7 @@ async fn chaos_latency_delays_api_but_not_health() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_error_rate_fails_that_fraction() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     chaos(&c, &base, json!({"errorRate": 1.0})).await;
     let (s, e) = charge(&c, &base, "R-5", 1.0).await;
@@ -441,7 +447,7 @@ async fn chaos_error_rate_fails_that_fraction() {
 
 #[tokio::test]
 async fn request_id_is_echoed_and_metrics_use_route_templates() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     let resp = c
         .get(format!("{base}/payments/R-x"))
@@ -472,7 +478,7 @@ async fn request_id_is_echoed_and_metrics_use_route_templates() {
 
 #[tokio::test]
 async fn unknown_routes_wrong_methods_and_undecodable_ids_get_json_errors() {
-    let base = start().await;
+    let (base, _redis) = start().await;
     let c = http();
     let cases = [
         (

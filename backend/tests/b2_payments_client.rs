@@ -5,6 +5,8 @@
 //! Time bounds are generous upper bounds for debug builds on a shared machine (SPEC: "< 50 ms"
 //! while the breaker is open → asserted < 500 ms).
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 use backend::chaos::ChaosSettings;
 use backend::payments::{router, PaymentsState};
 use backend::payments_client::{ChargeError, PaymentStatus, PaymentsClient, PaymentsClientConfig};
+use backend::store::StoreConfig;
+use common::RedisServer;
 use resilience::BreakerState;
 use tokio::time::Instant;
 
@@ -36,13 +40,15 @@ async fn inject(State(f): State<Faults>, req: Request, next: Next) -> Response {
 
 struct Payments {
     url: String,
+    _redis: RedisServer,
     state: PaymentsState,
     faults: Faults,
 }
 
 impl Payments {
     async fn start() -> Self {
-        let state = PaymentsState::new(10_000.0).unwrap();
+        let redis = RedisServer::start();
+        let state = PaymentsState::new(10_000.0, &redis.url(), StoreConfig::default()).unwrap();
         let faults = Faults::default();
         let app = router(state.clone())
             .layer(axum::middleware::from_fn_with_state(faults.clone(), inject));
@@ -51,6 +57,7 @@ impl Payments {
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self {
             url: format!("http://{addr}"),
+            _redis: redis,
             state,
             faults,
         }
@@ -105,7 +112,7 @@ async fn retries_5xx_then_succeeds_once() {
         .await
         .unwrap();
     assert_eq!(again, charged);
-    assert_eq!(p.state.ledger.summary().net_amount, 40.0);
+    assert_eq!(p.state.ledger.summary().await.unwrap().net_amount, 40.0);
     client.refund("R-1", in_secs(5.0)).await.unwrap();
     assert_eq!(
         client.status("R-1", in_secs(5.0)).await.unwrap(),
@@ -163,7 +170,7 @@ async fn slow_payments_give_unknown_within_deadline_then_query_and_refund_settle
         client.status("R-3", in_secs(5.0)).await.unwrap(),
         PaymentStatus::NotFound
     );
-    assert_eq!(p.state.ledger.summary().net_amount, 0.0);
+    assert_eq!(p.state.ledger.summary().await.unwrap().net_amount, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,7 +282,7 @@ async fn bulkhead_full_after_slot_wait_is_unavailable() {
     assert!(took >= Duration::from_millis(950), "{took:?}");
     assert!(took < Duration::from_millis(2_500), "{took:?}");
     assert_eq!(
-        p.state.ledger.get("R-k10").map(|x| x.status),
+        p.state.ledger.get("R-k10").await.unwrap().map(|x| x.status),
         None,
         "the rejected call never reached payments"
     );

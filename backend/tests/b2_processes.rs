@@ -10,7 +10,12 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn payments_process_serves_the_api() {
-    let p = BackendProcess::start("payments", &[], &[("DECLINE_ABOVE", "100")]);
+    let redis = common::RedisServer::start();
+    let p = BackendProcess::start(
+        "payments",
+        &[],
+        &[("DECLINE_ABOVE", "100"), ("REDIS_URL", &redis.url())],
+    );
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -55,12 +60,14 @@ async fn payments_process_serves_the_api() {
 
 #[tokio::test]
 async fn request_id_appears_in_json_logs_and_sigterm_stops_cleanly() {
+    let redis = common::RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("payments.log");
     let port = common::free_port();
     let mut child = std::process::Command::new(common::backend_bin())
         .args(["payments", "--listen", &format!("127.0.0.1:{port}")])
         .env("LOG_FORMAT", "json")
+        .env("REDIS_URL", redis.url())
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
@@ -96,4 +103,64 @@ async fn request_id_appears_in_json_logs_and_sigterm_stops_cleanly() {
         .unwrap_or_else(|| panic!("request id not logged:\n{logs}"));
     let v: Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["span"]["request_id"], "log-check-77");
+}
+
+/// The ledger lives in Redis: a restarted payments process still knows what it charged and
+/// refunded (a repeat charge gets the same payment; a refunded one stays refunded).
+#[tokio::test]
+async fn payments_keeps_its_ledger_across_a_restart() {
+    let redis = common::RedisServer::start();
+    let mut p = BackendProcess::start("payments", &[], &[("REDIS_URL", &redis.url())]);
+    // No pooled connections: the process behind them is restarted.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let charge = |base: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(format!("{base}/payments"))
+                .json(&serde_json::json!({"reservationId": "R-keep", "amount": 12.5, "userEmail": "k@x.io"}))
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, first) = charge(p.url()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    p.restart();
+    let (status, again) = charge(p.url()).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["paymentId"], first["paymentId"]);
+    let refund = http
+        .post(format!("{}/payments/R-keep/refund", p.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refund.status(), StatusCode::OK);
+    p.restart();
+    let got: Value = http
+        .get(format!("{}/payments/R-keep", p.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["status"], "refunded", "{got}");
+    assert_eq!(got["netAmount"], 0.0);
+    let (status, _) = charge(p.url()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let summary: Value = http
+        .get(format!("{}/admin/payments/summary", p.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["refunded"], 1, "{summary}");
+    assert_eq!(summary["netAmount"], 0.0, "{summary}");
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use backend::chaos::Chaos;
 use backend::reservations::admin::AUDIT_BATCH;
-use backend::reservations::inventory::{HoldOutcome, HoldRequest, Inventory, Step};
+use backend::reservations::inventory::{
+    Confirmation, HoldOutcome, HoldRequest, HoldTiming, Inventory, Step,
+};
 use backend::reservations::saga::now;
 use backend::store::{Store, StoreConfig};
 use common::{free_port, BackendProcess, RedisServer};
@@ -57,22 +59,33 @@ async fn confirm_one(inv: &Inventory, event: &str, res_id: &str, seats: &[String
                 user_email: "audit@x.io",
                 idempotency: None,
             },
-            ms,
-            &iso,
-            600_000,
-            600_000,
-            "audit-test",
+            &HoldTiming {
+                now_ms: ms,
+                now_iso: &iso,
+                hold_ttl_ms: 600_000,
+                lease_ms: 600_000,
+                owner: "audit-test",
+                pay_within_ms: None,
+            },
         )
         .await
         .expect("hold");
     assert_eq!(held, HoldOutcome::Held, "{res_id}");
     let step = inv
-        .begin_payment(res_id, event, ms, &iso)
+        .begin_payment(res_id, event, ms, &iso, 600_000)
         .await
         .expect("begin_payment");
     assert_eq!(step, Step::Done(0), "{res_id}");
     let step = inv
-        .confirm(res_id, event, None, "pay", "{}", "{}", ms, &iso)
+        .confirm(&Confirmation {
+            res_id,
+            event_id: event,
+            idempotency_key: None,
+            payment_id: "pay",
+            response_body: "{}",
+            notification_payload: "{}",
+            now_iso: &iso,
+        })
         .await
         .expect("confirm");
     assert_eq!(step, Step::Done(0), "{res_id}");

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use backend::chaos::Chaos;
-use backend::reservations::inventory::{HoldOutcome, HoldRequest, Inventory};
+use backend::reservations::inventory::{HoldOutcome, HoldRequest, HoldTiming, Inventory};
 use backend::reservations::saga::now;
 use backend::store::{Store, StoreConfig};
 use reservations_support::{assert_no_net_charge, eventually, seat_body, Stack};
@@ -190,11 +190,14 @@ async fn an_abandoned_hold_returns_to_stock_after_its_ttl() {
                 user_email: "gone@x.io",
                 idempotency: None,
             },
-            now_ms,
-            &now_iso,
-            1000,
-            1000,
-            "a-dead-replica",
+            &HoldTiming {
+                now_ms,
+                now_iso: &now_iso,
+                hold_ttl_ms: 1000,
+                lease_ms: 1000,
+                owner: "a-dead-replica",
+                pay_within_ms: None,
+            },
         )
         .await
         .expect("hold");
@@ -383,4 +386,80 @@ async fn charged_but_unconfirmed_saga_is_confirmed_after_a_crash() {
         delivered.is_some(),
         "confirmation notification not delivered"
     );
+}
+
+/// Payments keeps its ledger in Redis: a charge taken before a payments restart is still known
+/// after it, so recovery's "ask payments, then refund" finds and refunds it (with a ledger in
+/// process memory, the restarted payments answered 404 and the charge was never refunded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_taken_before_a_payments_restart_is_refunded_after_it() {
+    let flags = [
+        "--request-deadline-ms",
+        "2000",
+        "--saga-lease-ms",
+        "1500",
+        "--recovery-interval-ms",
+        "300",
+    ];
+    let mut stack = Stack::start(&flags);
+    stack
+        .chaos(&stack.payments.url(), json!({"latencyMs": 20000}))
+        .await;
+    let client = stack.http.clone();
+    let url = format!("{}/api/reservations", stack.res.url());
+    let inflight = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&seat_body("EVT-001", "D9", "restart@x.io", 64.0))
+            .send()
+            .await
+    });
+    let list_url = format!(
+        "{}/api/reservations?userEmail=restart@x.io",
+        stack.res.url()
+    );
+    let id = eventually(Duration::from_secs(5), || async {
+        let l = stack.get(list_url.clone()).await;
+        (l.body[0]["status"] == "PAYMENT_PENDING")
+            .then(|| l.body[0]["reservationId"].as_str().unwrap_or("").to_owned())
+    })
+    .await
+    .expect("saga never reached PAYMENT_PENDING");
+    // The reservations process dies mid-charge; the charge lands at payments anyway.
+    stack.res.kill();
+    let _ = inflight.await;
+    stack.chaos_reset(&stack.payments.url()).await;
+    let charged = stack
+        .send(
+            reqwest::Method::POST,
+            format!("{}/payments", stack.payments.url()),
+            Some(json!({"reservationId": id, "amount": 64.0, "userEmail": "restart@x.io"})),
+            &[],
+        )
+        .await;
+    assert_eq!(charged.status, StatusCode::CREATED, "{}", charged.raw);
+    let payment_id = charged.body["paymentId"].clone();
+
+    // Payments restarts, then reservations: recovery asks, finds the charge, and (the request's
+    // confirm deadline being long past) refunds it.
+    stack.payments.restart();
+    // Past the request's confirm deadline (2 s): recovery can only refund.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    stack.res.restart();
+    let end = eventually(Duration::from_secs(15), || async {
+        let s = stack.reservation(&id).await["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        (s == "FAILED" || s == "CONFIRMED").then_some(s)
+    })
+    .await
+    .expect("saga not finished after the restarts");
+    assert_eq!(end, "FAILED");
+    let p = stack.payment(&id).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.raw);
+    assert_eq!(p.body["status"], "refunded", "{}", p.raw);
+    assert_eq!(p.body["paymentId"], payment_id);
+    assert_eq!(stack.seat_status("EVT-001", "D9").await, "available");
+    stack.audit_ok("EVT-001").await;
 }

@@ -4,7 +4,10 @@
 mod common;
 
 use backend::chaos::Chaos;
-use backend::reservations::inventory::{HoldOutcome, HoldRequest, Inventory, Step};
+use backend::reservations::inventory::{
+    Confirmation, HoldOutcome, HoldRequest, HoldTiming, Inventory, Release, Step,
+};
+use backend::reservations::model::{Failure, ReservationStatus};
 use backend::reservations::saga::now;
 use backend::store::{Store, StoreConfig};
 
@@ -39,14 +42,29 @@ async fn hold(
             user_email: "s@x.io",
             idempotency: None,
         },
-        ms,
-        &iso,
-        ttl,
-        5_000,
-        "owner-1",
+        &HoldTiming {
+            now_ms: ms,
+            now_iso: &iso,
+            hold_ttl_ms: ttl,
+            lease_ms: 5_000,
+            owner: "owner-1",
+            pay_within_ms: None,
+        },
     )
     .await
     .expect("hold")
+}
+
+fn confirmation<'a>(res_id: &'a str, event_id: &'a str, now_iso: &'a str) -> Confirmation<'a> {
+    Confirmation {
+        res_id,
+        event_id,
+        idempotency_key: None,
+        payment_id: "pay-1",
+        response_body: "{}",
+        notification_payload: "{}",
+        now_iso,
+    }
 }
 
 async fn counters(redis: &RedisServer, event: &str) -> (i64, i64, i64) {
@@ -81,7 +99,7 @@ async fn seat_state_machine() {
     assert_eq!(
         hold(&inv, "r2", "EVT-001", &overlap, 2, 60_000).await,
         HoldOutcome::Rejected {
-            code: "seat_unavailable".into(),
+            failure: Failure::SeatUnavailable,
             detail: "A2".into()
         }
     );
@@ -90,7 +108,7 @@ async fn seat_state_machine() {
     assert_eq!(
         hold(&inv, "r3", "EVT-001", &unknown, 2, 60_000).await,
         HoldOutcome::Rejected {
-            code: "seat_not_found".into(),
+            failure: Failure::SeatNotFound,
             detail: "Q1".into()
         }
     );
@@ -98,28 +116,30 @@ async fn seat_state_machine() {
     // Payment pending is not expirable, even past the hold deadline.
     let (ms, iso) = now();
     assert_eq!(
-        inv.begin_payment("r1", "EVT-001", ms, &iso).await.unwrap(),
+        inv.begin_payment("r1", "EVT-001", ms, &iso, 60_000)
+            .await
+            .unwrap(),
         Step::Done(0)
     );
     let later = ms + 10 * 60_000;
     assert_eq!(
-        inv.release(
-            "r1",
-            "EVT-001",
-            None,
-            "EXPIRED",
-            "hold_expired",
-            true,
-            later,
-            &iso
-        )
+        inv.release(&Release {
+            res_id: "r1",
+            event_id: "EVT-001",
+            idempotency_key: None,
+            end: ReservationStatus::Expired,
+            failure: Failure::HoldExpired,
+            require_expired: true,
+            now_ms: later,
+            now_iso: &iso,
+        })
         .await
         .unwrap(),
         Step::NotExpired
     );
     // Confirm: sold, outbox entry written by the same script.
     assert_eq!(
-        inv.confirm("r1", "EVT-001", None, "pay-1", "{}", "{}", ms, &iso)
+        inv.confirm(&confirmation("r1", "EVT-001", &iso))
             .await
             .unwrap(),
         Step::Done(0)
@@ -127,8 +147,10 @@ async fn seat_state_machine() {
     assert_eq!(counters(&redis, "EVT-001").await, (98, 0, 2));
     // A second confirm is refused (CAS on the saga state).
     assert!(matches!(
-        inv.confirm("r1", "EVT-001", None, "pay-1", "{}", "{}", ms, &iso).await.unwrap(),
-        Step::WrongState(s, _) if s == "CONFIRMED"
+        inv.confirm(&confirmation("r1", "EVT-001", &iso))
+            .await
+            .unwrap(),
+        Step::WrongState(ReservationStatus::Confirmed, _)
     ));
     let client = redis::Client::open(redis.url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
@@ -164,22 +186,22 @@ async fn expired_holds_and_event_resets() {
     assert_eq!(
         hold(&inv, "g2", "GA-1", &[], 3, 60_000).await,
         HoldOutcome::Rejected {
-            code: "sold_out".into(),
+            failure: Failure::SoldOut,
             detail: "GA-1".into()
         }
     );
     let (ms, iso) = now();
     assert_eq!(
-        inv.release(
-            "g1",
-            "GA-1",
-            None,
-            "FAILED",
-            "payment_declined",
-            false,
-            ms,
-            &iso
-        )
+        inv.release(&Release {
+            res_id: "g1",
+            event_id: "GA-1",
+            idempotency_key: None,
+            end: ReservationStatus::Failed,
+            failure: Failure::PaymentDeclined,
+            require_expired: false,
+            now_ms: ms,
+            now_iso: &iso,
+        })
         .await
         .unwrap(),
         Step::Done(3)
@@ -187,9 +209,18 @@ async fn expired_holds_and_event_resets() {
     assert_eq!(counters(&redis, "GA-1").await, (5, 0, 0));
     // Released twice: refused, counters unchanged.
     assert!(matches!(
-        inv.release("g1", "GA-1", None, "FAILED", "x", false, ms, &iso)
-            .await
-            .unwrap(),
+        inv.release(&Release {
+            res_id: "g1",
+            event_id: "GA-1",
+            idempotency_key: None,
+            end: ReservationStatus::Failed,
+            failure: Failure::PaymentTimeout,
+            require_expired: false,
+            now_ms: ms,
+            now_iso: &iso,
+        })
+        .await
+        .unwrap(),
         Step::WrongState(..)
     ));
     assert_eq!(counters(&redis, "GA-1").await, (5, 0, 0));
@@ -204,9 +235,18 @@ async fn expired_holds_and_event_resets() {
     );
     let (ms, iso) = now();
     assert_eq!(
-        inv.release("h1", "S-1", None, "EXPIRED", "hold_expired", true, ms, &iso)
-            .await
-            .unwrap(),
+        inv.release(&Release {
+            res_id: "h1",
+            event_id: "S-1",
+            idempotency_key: None,
+            end: ReservationStatus::Expired,
+            failure: Failure::HoldExpired,
+            require_expired: true,
+            now_ms: ms,
+            now_iso: &iso,
+        })
+        .await
+        .unwrap(),
         Step::Done(1)
     );
     assert_eq!(
@@ -221,16 +261,16 @@ async fn expired_holds_and_event_resets() {
     assert_eq!(counters(&redis, "S-1").await, (2, 0, 0));
     let (ms, iso) = now();
     assert_eq!(
-        inv.release(
-            "h2",
-            "S-1",
-            None,
-            "FAILED",
-            "payment_declined",
-            false,
-            ms,
-            &iso
-        )
+        inv.release(&Release {
+            res_id: "h2",
+            event_id: "S-1",
+            idempotency_key: None,
+            end: ReservationStatus::Failed,
+            failure: Failure::PaymentDeclined,
+            require_expired: false,
+            now_ms: ms,
+            now_iso: &iso,
+        })
         .await
         .unwrap(),
         Step::Done(0)
@@ -240,14 +280,14 @@ async fn expired_holds_and_event_resets() {
     assert_eq!(
         hold(&inv, "k1", "S-1", &[], 1, 60_000).await,
         HoldOutcome::Rejected {
-            code: "wrong_kind".into(),
+            failure: Failure::WrongKind,
             detail: "quantity".into()
         }
     );
     assert_eq!(
         hold(&inv, "k2", "GA-1", &x1, 1, 60_000).await,
         HoldOutcome::Rejected {
-            code: "wrong_kind".into(),
+            failure: Failure::WrongKind,
             detail: "seatId".into()
         }
     );

@@ -13,12 +13,13 @@ use tracing::Instrument;
 use utoipa::ToSchema;
 
 use super::admin::{self, EventDefinition};
+use super::answer::{self, reservation_not_found, store_error};
+use super::error::SagaError;
 use super::events::{EventDetail, EventReader, EventSummary, ReadError};
 use super::json::JsonBody;
-use super::keys;
-use super::model::{self, Reservation};
+use super::model::Reservation;
 use super::openapi::{CREATED_LINKS_NOTE, INTERNAL, UNAVAILABLE_READ, UNAVAILABLE_WRITE};
-use super::saga::{reservation_not_found, store_error, Saga};
+use super::saga::Saga;
 use super::validation::{
     is_valid_email, is_valid_id, validate_idempotency_key, EmailText, EventIdText,
     IdempotencyKeyText, ReservationBody, ReservationIdText, ReservationRequest,
@@ -30,7 +31,7 @@ const MAX_RES_ID_LEN: usize = super::validation::MAX_RESERVATION_ID_LEN;
 /// Longest event id accepted in a path.
 const MAX_EVENT_ID_LEN: usize = super::validation::MAX_EVENT_ID_LEN;
 /// Most reservations listed per user.
-const MAX_LISTED: isize = 100;
+const MAX_LISTED: usize = 100;
 
 /// Shared state of the reservations routes.
 #[derive(Debug, Clone)]
@@ -201,8 +202,12 @@ pub async fn create_reservation(
     // The saga runs in its own task: a client hanging up must not abort it half-way.
     let saga = s.saga.clone();
     let task = tokio::spawn(async move { saga.reserve(req, idem).await }.in_current_span());
-    task.await
-        .map_err(|e| ApiError::internal(format!("reservation task failed: {e}")))
+    let result = task
+        .await
+        .map_err(|e| ApiError::internal(format!("reservation task failed: {e}")))?;
+    let label = answer::outcome_label(&result);
+    s.saga.metrics.outcomes.with_label_values(&[label]).inc();
+    Ok(answer::reservation_response(result))
 }
 
 /// `GET /api/reservations/{id}`
@@ -230,9 +235,12 @@ pub async fn get_reservation(
     if !is_valid_id(&res_id, MAX_RES_ID_LEN) {
         return Err(reservation_not_found(&res_id));
     }
-    let rec = model::load(s.saga.inv.store(), &res_id)
+    let rec = s
+        .saga
+        .inv
+        .load(&res_id)
         .await
-        .map_err(|e| store_error(&e))?
+        .map_err(|e| ApiError::from(SagaError::from(e)))?
         .ok_or_else(|| reservation_not_found(&res_id))?;
     Ok(Json(rec.view).into_response())
 }
@@ -268,16 +276,15 @@ pub async fn list_reservations(
             "userEmail must be a valid e-mail address like a@b.c",
         ));
     }
-    let mut cmd = redis::cmd("ZREVRANGE");
-    cmd.arg(keys::user_index(&email.to_ascii_lowercase()))
-        .arg(0)
-        .arg(MAX_LISTED - 1);
-    let store = s.saga.inv.store();
-    let ids: Vec<String> = store.query(&cmd).await.map_err(|e| store_error(&e))?;
-    let recs = model::load_many(store, &ids)
+    // Ids of reservations that expired (ended without a sale, past their TTL) are dropped from
+    // the user's index on the way.
+    let listed = s
+        .saga
+        .inv
+        .user_reservations(email, MAX_LISTED)
         .await
-        .map_err(|e| store_error(&e))?;
-    let views: Vec<_> = recs.into_iter().map(|r| r.view).collect();
+        .map_err(|e| ApiError::from(SagaError::from(e)))?;
+    let views: Vec<_> = listed.records.into_iter().map(|r| r.view).collect();
     Ok(Json(views).into_response())
 }
 
@@ -318,7 +325,8 @@ pub async fn cancel_reservation(
     let task = tokio::spawn(async move { saga.cancel(&res_id).await }.in_current_span());
     let view = task
         .await
-        .map_err(|e| ApiError::internal(format!("cancel task failed: {e}")))??;
+        .map_err(|e| ApiError::internal(format!("cancel task failed: {e}")))?
+        .map_err(ApiError::from)?;
     Ok(Json(view).into_response())
 }
 
@@ -334,7 +342,7 @@ pub async fn put_event(
         .inv
         .reset_event(&event_id, &def.name, def.capacity, &def.seats)
         .await
-        .map_err(|e| store_error(&e))?;
+        .map_err(|e| ApiError::from(SagaError::from(e)))?;
     tracing::info!(event = %event_id, capacity = def.capacity, "event created or reset");
     let r = s
         .events

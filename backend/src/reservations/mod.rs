@@ -1,10 +1,13 @@
 //! The `reservations` service: public API (SPEC §4), the saga on Redis Lua scripts (§5), admin
-//! and chaos (§6). One request's path, top to bottom: [`api`] (validation) → [`saga`] →
-//! [`inventory`] scripts and [`payer`] → response; [`recovery`] and [`sweeper`] finish what
-//! crashes and timeouts leave behind.
+//! and chaos (§6). One request's path, top to bottom: [`api`] (validation) → [`saga`] (the
+//! domain: typed [`model`] and [`error`], no HTTP) → [`inventory`] scripts and [`payer`] →
+//! [`answer`] (the one mapping to HTTP answers and metric labels); [`recovery`] and [`sweeper`]
+//! finish what crashes and timeouts leave behind.
 
 pub mod admin;
+pub mod answer;
 pub mod api;
+pub mod error;
 pub mod events;
 pub mod inventory;
 pub mod json;
@@ -26,7 +29,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::chaos::{self, Chaos};
-use crate::error;
+use crate::error as api_error;
 use crate::outbox::{self, OutboxConfig, OutboxMetrics};
 use crate::payments_client::{PaymentsClient, PaymentsClientConfig};
 use crate::store::{Store, StoreConfig};
@@ -37,28 +40,39 @@ use inventory::Inventory;
 use payer::Payer;
 use saga::{Saga, SagaConfig, SagaMetrics};
 
+/// Default listen address (SPEC §3).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3001";
+/// Default Redis.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/";
+/// Default recovery period.
+pub const DEFAULT_RECOVERY_INTERVAL_MS: u64 = 1_000;
+
 /// Flags of `backend reservations` (each with an environment twin).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReservationsArgs {
     /// Address to listen on.
-    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:3001")]
+    #[arg(long, env = "LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Redis holding inventory, sagas and the outbox.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379/")]
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// How long a seat hold lasts before returning to stock by itself, in milliseconds.
-    #[arg(long, env = "HOLD_TTL_MS", default_value_t = 120_000)]
+    #[arg(long, env = "HOLD_TTL_MS", default_value_t = saga::DEFAULT_HOLD_TTL_MS)]
     pub hold_ttl_ms: u64,
     /// Deadline of a whole `POST /api/reservations`, in milliseconds.
-    #[arg(long, env = "REQUEST_DEADLINE_MS", default_value_t = 15_000)]
+    #[arg(long, env = "REQUEST_DEADLINE_MS", default_value_t = saga::DEFAULT_REQUEST_DEADLINE_MS)]
     pub request_deadline_ms: u64,
     /// How often recovery looks for abandoned sagas, in milliseconds.
-    #[arg(long, env = "RECOVERY_INTERVAL_MS", default_value_t = 1_000)]
+    #[arg(long, env = "RECOVERY_INTERVAL_MS", default_value_t = DEFAULT_RECOVERY_INTERVAL_MS)]
     pub recovery_interval_ms: u64,
     /// Saga lease duration (renewed while a step runs), in milliseconds. A crashed replica's
     /// sagas are taken over at most this long after the crash.
-    #[arg(long, env = "SAGA_LEASE_MS", default_value_t = 5_000)]
+    #[arg(long, env = "SAGA_LEASE_MS", default_value_t = saga::DEFAULT_LEASE_MS)]
     pub saga_lease_ms: u64,
+    /// How long a reservation that ended without a sale (FAILED, EXPIRED, CANCELLED) is kept,
+    /// in seconds (0 = for ever). CONFIRMED reservations are the sales record and always kept.
+    #[arg(long, env = "UNSOLD_RESERVATION_TTL_SECS", default_value_t = inventory::DEFAULT_UNSOLD_TTL_SECS)]
+    pub unsold_reservation_ttl_secs: u64,
     /// This replica's id (saga lease owner). Default: hostname and process id.
     #[arg(long, env = "REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -105,10 +119,10 @@ pub fn router(state: AppState, chaos: Arc<Chaos>, metrics: Arc<Metrics>) -> Rout
         .merge(telemetry::health_routes())
         .merge(telemetry::metrics_route(metrics.clone()))
         .merge(chaos::admin_router(chaos.clone()))
-        .fallback(error::no_such_route)
+        .fallback(api_error::no_such_route)
         // After the merges, so that every route (also /health, /metrics, /admin/chaos) answers
         // a wrong method with the JSON 405, and before the layer, which hides the routes' methods.
-        .method_not_allowed_fallback(error::method_not_allowed)
+        .method_not_allowed_fallback(api_error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             chaos,
             chaos::middleware,
@@ -116,7 +130,7 @@ pub fn router(state: AppState, chaos: Arc<Chaos>, metrics: Arc<Metrics>) -> Rout
         // The API description is no fault-injection target: served outside the chaos layer.
         .route(
             "/openapi.json",
-            get(openapi::openapi_json).fallback(error::method_not_allowed),
+            get(openapi::openapi_json).fallback(api_error::method_not_allowed),
         );
     telemetry::instrument(app, metrics)
 }
@@ -130,7 +144,7 @@ pub async fn run(args: ReservationsArgs) -> anyhow::Result<()> {
     let payments = PaymentsClient::new(args.payments.clone()).context("payments client")?;
     let owner = args.replica_id.clone().unwrap_or_else(default_replica_id);
     let saga = Saga {
-        inv: Inventory::new(store.clone()),
+        inv: Inventory::with_unsold_ttl(store.clone(), args.unsold_reservation_ttl_secs),
         payer: Payer::new(payments),
         cfg: Arc::new(SagaConfig {
             hold_ttl_ms: args.hold_ttl_ms.max(1),
@@ -193,5 +207,7 @@ mod tests {
         assert_eq!(cli.args.store.redis_timeout_ms, 1_000);
         assert_eq!(cli.args.payments.payments_url, "http://127.0.0.1:3002");
         assert_eq!(cli.args.outbox.notifications_url, "http://127.0.0.1:3003");
+        assert_eq!(cli.args.unsold_reservation_ttl_secs, 7 * 24 * 3600);
+        assert_eq!(cli.args.hold_ttl_ms, SagaConfig::default().hold_ttl_ms);
     }
 }

@@ -1,23 +1,19 @@
-//! The reservation as clients see it (SPEC §4), read from its Redis hash and history list.
+//! The reservation as clients see it (SPEC §4) and the saga's typed vocabulary: its status and
+//! the failure codes it stores and answers with.
 
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::keys;
-use crate::store::{Store, StoreError};
-
-/// Saga statuses that are not final: recovery drives them to an end.
-pub const UNFINISHED: [&str; 2] = ["HELD", "PAYMENT_PENDING"];
-
-/// The values of `Reservation.status` (SPEC §4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// A saga's status, the values of `Reservation.status` (SPEC §4). HELD and PAYMENT_PENDING are
+/// unfinished: recovery drives them to an end; the other four are final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ReservationStatus {
     /// Seats held, payment not started yet.
     Held,
-    /// The charge is in flight (or its outcome is being settled).
+    /// The charge is in flight (or its outcome is being settled); the seats cannot expire.
     PaymentPending,
     /// Paid and confirmed.
     Confirmed,
@@ -27,6 +23,112 @@ pub enum ReservationStatus {
     Failed,
     /// The hold ran out before payment started.
     Expired,
+}
+
+impl ReservationStatus {
+    /// Every status, in saga order.
+    pub const ALL: [Self; 6] = [
+        Self::Held,
+        Self::PaymentPending,
+        Self::Confirmed,
+        Self::Cancelled,
+        Self::Failed,
+        Self::Expired,
+    ];
+
+    /// The text stored in Redis and shown in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "HELD",
+            Self::PaymentPending => "PAYMENT_PENDING",
+            Self::Confirmed => "CONFIRMED",
+            Self::Cancelled => "CANCELLED",
+            Self::Failed => "FAILED",
+            Self::Expired => "EXPIRED",
+        }
+    }
+
+    /// The status named `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// HELD or PAYMENT_PENDING: not final.
+    pub fn is_unfinished(self) -> bool {
+        matches!(self, Self::Held | Self::PaymentPending)
+    }
+}
+
+impl std::fmt::Display for ReservationStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a reservation was refused or ended without a sale. Stored in Redis (the saga's
+/// `failCode`, a failed request's idempotency record) and answered as the error `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Failure {
+    /// A requested seat is held or sold.
+    SeatUnavailable,
+    /// Not enough general-admission capacity.
+    SoldOut,
+    /// No such event.
+    EventNotFound,
+    /// No such seat.
+    SeatNotFound,
+    /// Seats asked of a general-admission event, or a quantity of a seated one.
+    WrongKind,
+    /// A seat listed twice.
+    DuplicateSeat,
+    /// No seat listed.
+    InvalidSeats,
+    /// Payments declined the charge.
+    PaymentDeclined,
+    /// Payments could not be reached (nothing charged).
+    PaymentUnavailable,
+    /// The charge's outcome was not settled within the deadline (refunded).
+    PaymentTimeout,
+    /// The hold expired before payment started.
+    HoldExpired,
+}
+
+impl Failure {
+    const ALL: [Self; 11] = [
+        Self::SeatUnavailable,
+        Self::SoldOut,
+        Self::EventNotFound,
+        Self::SeatNotFound,
+        Self::WrongKind,
+        Self::DuplicateSeat,
+        Self::InvalidSeats,
+        Self::PaymentDeclined,
+        Self::PaymentUnavailable,
+        Self::PaymentTimeout,
+        Self::HoldExpired,
+    ];
+
+    /// The snake_case code (stored, answered, and used as metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SeatUnavailable => "seat_unavailable",
+            Self::SoldOut => "sold_out",
+            Self::EventNotFound => "event_not_found",
+            Self::SeatNotFound => "seat_not_found",
+            Self::WrongKind => "wrong_kind",
+            Self::DuplicateSeat => "duplicate_seat",
+            Self::InvalidSeats => "invalid_seats",
+            Self::PaymentDeclined => "payment_declined",
+            Self::PaymentUnavailable => "payment_unavailable",
+            Self::PaymentTimeout => "payment_timeout",
+            Self::HoldExpired => "hold_expired",
+        }
+    }
+
+    /// The failure named `s`, if it is one.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
 }
 
 /// The values of `HistoryEntry.step`.
@@ -73,6 +175,17 @@ pub struct HistoryEntry {
     pub at: String,
 }
 
+impl HistoryEntry {
+    /// An entry reaching `status` at `at`.
+    pub fn new(step: &str, status: ReservationStatus, at: &str) -> Self {
+        Self {
+            step: step.to_owned(),
+            status: status.as_str().to_owned(),
+            at: at.to_owned(),
+        }
+    }
+}
+
 /// A reservation (SPEC §4 fields, plus `history` and, when it failed, `failure`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -81,8 +194,7 @@ pub struct Reservation {
     #[schema(example = "0f8c2b6e4d8a4e53a7b0c6f1e2d3a4b5")]
     pub reservation_id: String,
     /// `HELD`, `PAYMENT_PENDING`, `CONFIRMED`, `CANCELLED`, `FAILED`, `EXPIRED`.
-    #[schema(value_type = ReservationStatus)]
-    pub status: String,
+    pub status: ReservationStatus,
     /// Event id.
     pub event_id: String,
     /// Numbered seats (empty for general admission).
@@ -119,99 +231,68 @@ pub struct SagaRecord {
     pub idempotency_key: Option<String>,
     /// A cancellation was started.
     pub cancel_requested: bool,
-    /// `refund`: a 504 was answered, the saga must be compensated (never confirmed).
-    pub settle: Option<String>,
+    /// A failure was decided while the charge's outcome was unknown: refund, never confirm.
+    pub abandoned: bool,
     /// Hold deadline (ms since the epoch).
     pub hold_deadline_ms: i64,
 }
 
 impl SagaRecord {
-    /// Builds the record from the hash fields and the raw history entries. None if the hash is
-    /// empty (no such reservation).
-    pub fn from_fields(mut f: HashMap<String, String>, history: Vec<String>) -> Option<Self> {
-        let id = f.remove("id")?;
+    /// Builds the record from the hash fields and the raw history entries. An error names what
+    /// this version cannot read.
+    pub fn from_fields(
+        mut f: HashMap<String, String>,
+        history: Vec<String>,
+    ) -> Result<Self, String> {
+        let id = f.remove("id").ok_or("no id field")?;
         let mut take = |k: &str| f.remove(k).unwrap_or_default();
+        let status_text = take("status");
+        let status = ReservationStatus::parse(&status_text)
+            .ok_or_else(|| format!("unknown status {status_text:?}"))?;
         let seats_csv = take("seats");
-        let seats: Vec<String> = if seats_csv.is_empty() {
-            Vec::new()
-        } else {
-            seats_csv.split(',').map(str::to_owned).collect()
-        };
-        let payment_id = Some(take("paymentId")).filter(|s| !s.is_empty());
-        let fail = Some(take("failCode")).filter(|s| !s.is_empty());
-        let idem = Some(take("idemKey")).filter(|s| !s.is_empty());
-        let settle = Some(take("settle")).filter(|s| !s.is_empty());
+        let seats: Vec<String> = seats_csv
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let non_empty = |s: String| Some(s).filter(|s| !s.is_empty());
         let history = history
             .iter()
             .filter_map(|h| serde_json::from_str::<HistoryEntry>(h).ok())
             .collect();
         let view = Reservation {
             reservation_id: id,
-            status: take("status"),
+            status,
             event_id: take("eventId"),
             seats,
             quantity: take("quantity").parse().unwrap_or(0),
             amount: take("amount").parse().unwrap_or(0.0),
             user_email: take("userEmail"),
-            payment_id,
+            payment_id: non_empty(take("paymentId")),
             notification: take("notification"),
             created_at: take("createdAt"),
             history: Some(history),
-            failure: fail,
+            failure: non_empty(take("failCode")),
         };
-        Some(Self {
+        let idempotency_key = non_empty(take("idemKey")).map(|k| {
+            k.strip_prefix("idem:{")
+                .and_then(|k| k.strip_suffix('}'))
+                .unwrap_or(&k)
+                .to_owned()
+        });
+        Ok(Self {
             view,
-            idempotency_key: idem.map(|k| {
-                k.strip_prefix("idem:{")
-                    .and_then(|k| k.strip_suffix('}'))
-                    .unwrap_or(&k)
-                    .to_owned()
-            }),
+            idempotency_key,
             cancel_requested: take("cancelRequested") == "1",
-            settle,
+            abandoned: take("settle") == "refund",
             hold_deadline_ms: take("holdDeadline").parse().unwrap_or(0),
         })
     }
-}
 
-/// Reads one reservation (hash + history) in one round trip. `Ok(None)` if it does not exist.
-pub async fn load(store: &Store, res_id: &str) -> Result<Option<SagaRecord>, StoreError> {
-    let mut p = redis::pipe();
-    p.cmd("HGETALL")
-        .arg(keys::reservation(res_id))
-        .cmd("LRANGE")
-        .arg(keys::history(res_id))
-        .arg(0)
-        .arg(-1);
-    let (fields, history): (HashMap<String, String>, Vec<String>) = store.pipeline(&p).await?;
-    Ok(SagaRecord::from_fields(fields, history))
-}
-
-/// Reads several reservations in one round trip, skipping ids that do not exist.
-pub async fn load_many(store: &Store, ids: &[String]) -> Result<Vec<SagaRecord>, StoreError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
+    /// The stored failure, if it is one this version knows.
+    pub fn failure(&self) -> Option<Failure> {
+        self.view.failure.as_deref().and_then(Failure::parse)
     }
-    let mut p = redis::pipe();
-    for id in ids {
-        p.cmd("HGETALL")
-            .arg(keys::reservation(id))
-            .cmd("LRANGE")
-            .arg(keys::history(id))
-            .arg(0)
-            .arg(-1);
-    }
-    let raw: Vec<redis::Value> = store.pipeline(&p).await?;
-    let mut out = Vec::with_capacity(ids.len());
-    let mut it = raw.into_iter();
-    while let (Some(h), Some(l)) = (it.next(), it.next()) {
-        let fields: HashMap<String, String> = redis::from_redis_value(h).unwrap_or_default();
-        let history: Vec<String> = redis::from_redis_value(l).unwrap_or_default();
-        if let Some(r) = SagaRecord::from_fields(fields, history) {
-            out.push(r);
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -238,14 +319,31 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let hist = vec![r#"{"step":"hold","status":"HELD","at":"x"}"#.to_owned()];
-        let r = SagaRecord::from_fields(f, hist).unwrap();
+        let r = SagaRecord::from_fields(f.clone(), hist).unwrap();
         assert_eq!(r.view.seats, vec!["A1", "A2"]);
+        assert_eq!(r.view.status, ReservationStatus::Confirmed);
         assert_eq!(r.view.payment_id.as_deref(), Some("p1"));
         assert_eq!(r.idempotency_key.as_deref(), Some("k1"));
         assert_eq!(r.view.history.as_ref().unwrap()[0].step, "hold");
         let json = serde_json::to_value(&r.view).unwrap();
         assert_eq!(json["reservationId"], "r1");
+        assert_eq!(json["status"], "CONFIRMED");
         assert!(json.get("failure").is_none());
-        assert!(SagaRecord::from_fields(HashMap::new(), vec![]).is_none());
+        assert!(SagaRecord::from_fields(HashMap::new(), vec![]).is_err());
+        let mut odd = f;
+        odd.insert("status".into(), "SHIPPED".into());
+        assert!(SagaRecord::from_fields(odd, vec![]).is_err());
+    }
+
+    #[test]
+    fn statuses_and_failures_round_trip() {
+        for s in ReservationStatus::ALL {
+            assert_eq!(ReservationStatus::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for f in Failure::ALL {
+            assert_eq!(Failure::parse(f.as_str()), Some(f));
+        }
+        assert_eq!(Failure::parse("gremlins"), None);
     }
 }

@@ -35,8 +35,10 @@ pub const UNAVAILABLE_READ: &str = "`inventory_unavailable`: the inventory store
 
 /// 503 description of `POST /api/reservations`.
 pub const UNAVAILABLE_WRITE: &str = "`inventory_unavailable`: the inventory store (Redis) is \
-    unreachable or its circuit breaker is open (nothing was held; or, with `reservationId`, the \
-    payment was taken and the reservation will be confirmed automatically); \
+    unreachable or its circuit breaker is open (nothing was held; or, with `reservationId` and \
+    `\"outcome\": \"pending\"`, the payment may have been taken: the reservation is confirmed \
+    automatically if the store answers within the request deadline, otherwise refunded and \
+    released); \
     `payment_unavailable`: payments are down, their circuit breaker is open or the bulkhead is \
     full (the seats were released); `service_down`: the chaos `down` switch is on.";
 

@@ -7,35 +7,32 @@ use std::time::Duration;
 use super::keys;
 use super::saga::{now, Saga};
 
-/// Most holds expired per pass.
+/// Most holds expired per page.
 const BATCH: usize = 200;
+/// Pages per pass.
+const MAX_PAGES: usize = 10;
 
 /// Expires every due hold (bounded passes); returns how many were expired.
 pub async fn sweep_once(saga: &Saga) -> usize {
     let mut expired = 0;
-    for _ in 0..10 {
+    for _ in 0..MAX_PAGES {
         let (now_ms, _) = now();
-        let mut cmd = redis::cmd("ZRANGEBYSCORE");
-        cmd.arg(keys::HOLDS)
-            .arg("-inf")
-            .arg(now_ms)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(BATCH);
-        let due: Vec<String> = match saga.inv.store().query(&cmd).await {
-            Ok(d) => d,
-            Err(_) => return expired,
+        let Ok(due) = saga.inv.due_holds(now_ms, BATCH).await else {
+            return expired;
         };
         let n = due.len();
         for member in due {
-            let Some((event_id, res_id)) = keys::split_hold_member(&member) else {
-                let mut cmd = redis::cmd("ZREM");
-                cmd.arg(keys::HOLDS).arg(&member);
-                let _ = saga.inv.store().query::<i64>(&cmd).await;
-                continue;
-            };
-            if saga.expire_hold(res_id, event_id).await {
-                expired += 1;
+            match keys::split_hold_member(&member) {
+                Some((event_id, res_id)) => {
+                    if saga.expire_hold(res_id, event_id).await {
+                        expired += 1;
+                    }
+                }
+                None => {
+                    if let Err(e) = saga.inv.forget_hold_member(&member).await {
+                        tracing::warn!(%member, error = %e, "malformed hold entry not removed");
+                    }
+                }
             }
         }
         if n < BATCH {

@@ -37,7 +37,7 @@ impl Stack {
     /// Starts everything; `res_args` are extra flags for `backend reservations`.
     pub fn start(res_args: &[&str]) -> Self {
         let redis = RedisServer::start();
-        let payments = BackendProcess::start("payments", &[], &[]);
+        let payments = BackendProcess::start("payments", &[], &[("REDIS_URL", &redis.url())]);
         let notifications = BackendProcess::start("notifications", &[], &[]);
         let res = Self::start_reservations(&redis, &payments, &notifications, res_args);
         let http = reqwest::Client::builder()

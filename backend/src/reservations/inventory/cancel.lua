@@ -1,14 +1,15 @@
 -- Last step of a cancellation (after the refund): CONFIRMED -> CANCELLED, seats back in stock,
--- a reservation_cancelled notification in the outbox.
+-- a reservation_cancelled notification in the outbox. The hash and history then expire after
+-- unsoldTtlSecs (a cancelled reservation is no sale).
 -- KEYS: 1 res, 2 ev seats, 3 ev meta, 4 res history, 5 sagas zset, 6 res lease, 7 outbox stream,
 --       8 ev confirmed set
--- ARGV: 1 resId, 2 nowMs, 3 nowIso, 4 notification payload (JSON)
--- Returns {'ok'} | {'err', 'missing'|'state', detail}
+-- ARGV: 1 resId, 2 nowMs, 3 nowIso, 4 notification payload (JSON), 5 unsoldTtlSecs
+-- Returns {'ok', '0'} | {'missing'} | {'state', status, paymentId}
 local res_id = ARGV[1]
 local r = redis.call('HMGET', KEYS[1], 'status', 'eventId', 'kind', 'seats', 'quantity', 'epoch',
-  'userEmail', 'cancelRequested')
-if not r[1] then return {'err', 'missing', ''} end
-if r[1] ~= 'CONFIRMED' or r[8] ~= '1' then return {'err', 'state', r[1]} end
+  'userEmail', 'cancelRequested', 'paymentId')
+if not r[1] then return {'missing'} end
+if r[1] ~= 'CONFIRMED' or r[8] ~= '1' then return {'state', r[1], r[9] or ''} end
 if redis.call('HGET', KEYS[3], 'epoch') == r[6] then
   local released = 0
   if r[3] == 'seats' then
@@ -34,4 +35,5 @@ redis.call('ZREM', KEYS[5], res_id)
 redis.call('DEL', KEYS[6])
 redis.call('XADD', KEYS[7], '*', 'reservationId', res_id, 'eventId', r[2], 'userEmail', r[7],
   'kind', 'reservation_cancelled', 'payload', ARGV[4])
-return {'ok'}
+expire_unsold(KEYS[1], KEYS[4], ARGV[5])
+return {'ok', '0'}

@@ -3,11 +3,11 @@
 -- by recovery.
 -- KEYS: 1 res, 2 res lease, 3 sagas zset
 -- ARGV: 1 resId, 2 nowMs, 3 owner, 4 leaseMs
--- Returns {'ok'} | {'err', 'missing'|'state'|'busy', detail}
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'err', 'missing', ''} end
-if st ~= 'CONFIRMED' then return {'err', 'state', st} end
-if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then return {'err', 'busy', ''} end
+-- Returns {'ok', '0'} | {'missing'} | {'state', status, paymentId} | {'busy'}
+local r = redis.call('HMGET', KEYS[1], 'status', 'paymentId')
+if not r[1] then return {'missing'} end
+if r[1] ~= 'CONFIRMED' then return {'state', r[1], r[2] or ''} end
+if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) then return {'busy'} end
 redis.call('HSET', KEYS[1], 'cancelRequested', '1')
 redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[4]), ARGV[1])
-return {'ok'}
+return {'ok', '0'}

@@ -1,10 +1,20 @@
-//! The seat inventory and saga state in Redis, changed only by the Lua scripts in this directory
-//! (each validates everything before writing and is O(seats requested)). This module gives each
-//! script a typed wrapper; key layout is in [`super::keys`], seat states in `prelude.lua`.
+//! The seat inventory and saga state in Redis. Every state change is one Lua script in this
+//! directory (each validates everything before writing, is O(seats requested), and is a
+//! compare-and-set on the saga's status); this module gives each script a typed wrapper, and
+//! [`read`] holds the plain reads. Nothing else in the service talks to Redis for reservations.
+//!
+//! Replies are parsed strictly: a reply a wrapper does not know is
+//! [`InventoryError::UnexpectedReply`], an error the saga reports, never a decision it acts on.
+//! Key layout is in [`super::keys`], seat states in `prelude.lua`.
+
+mod read;
 
 use redis::Script;
 
+pub use read::UserReservations;
+
 use super::keys;
+use super::model::{Failure, ReservationStatus};
 use crate::store::{Store, StoreError};
 
 macro_rules! lua {
@@ -15,6 +25,8 @@ macro_rules! lua {
 
 /// How long an idempotency record is kept (24 h).
 pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
+/// Default life of a reservation that ended without a sale (FAILED, EXPIRED, CANCELLED): 7 days.
+pub const DEFAULT_UNSOLD_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// The loaded scripts (SHA computed once).
 #[derive(Debug)]
@@ -22,10 +34,13 @@ struct Scripts {
     hold: Script,
     begin_payment: Script,
     confirm: Script,
+    abandon: Script,
     release: Script,
     cancel_begin: Script,
     cancel: Script,
     renew_lease: Script,
+    claim: Script,
+    unindex: Script,
     reset_event: Script,
     seed_demo: Script,
 }
@@ -36,12 +51,54 @@ impl Scripts {
             hold: lua!("hold.lua"),
             begin_payment: lua!("begin_payment.lua"),
             confirm: lua!("confirm.lua"),
+            abandon: lua!("abandon.lua"),
             release: lua!("release.lua"),
             cancel_begin: lua!("cancel_begin.lua"),
             cancel: lua!("cancel.lua"),
             renew_lease: lua!("renew_lease.lua"),
+            claim: lua!("claim.lua"),
+            unindex: lua!("unindex.lua"),
             reset_event: lua!("reset_event.lua"),
             seed_demo: lua!("seed_demo.lua"),
+        }
+    }
+}
+
+/// The outbox worker's script (it runs on its own connection): sets a reservation's
+/// `notification` field to `sent` or `failed` if the reservation still exists.
+pub fn mark_notification_script() -> Script {
+    lua!("mark_notification.lua")
+}
+
+/// Why an inventory call produced no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// Redis unreachable, timed out, or answered with an error reply.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A script answered something its wrapper does not know (a version mismatch between the
+    /// scripts and this binary, or a bug). Nothing may be decided from it.
+    #[error("{script}.lua answered {reply:?}, which this wrapper does not know")]
+    UnexpectedReply {
+        /// The script.
+        script: &'static str,
+        /// Its reply.
+        reply: Vec<String>,
+    },
+}
+
+impl InventoryError {
+    /// True when Redis could not be reached or did not answer in time (worth a 503 and a retry),
+    /// false for answers that were wrong (error replies, unknown replies: a 500).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, InventoryError::Store(e) if e.reply_message().is_none())
+    }
+
+    /// `Retry-After` seconds for a 503.
+    pub fn retry_after_secs(&self) -> u64 {
+        match self {
+            InventoryError::Store(e) => e.retry_after_secs(),
+            InventoryError::UnexpectedReply { .. } => 1,
         }
     }
 }
@@ -65,6 +122,24 @@ pub struct HoldRequest<'a> {
     pub idempotency: Option<(&'a str, &'a str)>,
 }
 
+/// Timing and ownership of a hold.
+#[derive(Debug, Clone)]
+pub struct HoldTiming<'a> {
+    /// Now, ms since the epoch.
+    pub now_ms: i64,
+    /// Now, RFC 3339.
+    pub now_iso: &'a str,
+    /// How long the hold lasts if no payment starts.
+    pub hold_ttl_ms: u64,
+    /// Saga lease taken by `owner`.
+    pub lease_ms: u64,
+    /// Lease owner (this replica).
+    pub owner: &'a str,
+    /// `Some(budget)`: go straight to PAYMENT_PENDING, confirmable for `budget` ms of Redis
+    /// time. `None`: stay HELD (expirable) until [`Inventory::begin_payment`].
+    pub pay_within_ms: Option<u64>,
+}
+
 /// A stored idempotency record (see `hold.lua`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdempotencyRecord {
@@ -85,12 +160,12 @@ pub struct IdempotencyRecord {
 /// Result of the hold script.
 #[derive(Debug, Clone, PartialEq)]
 pub enum HoldOutcome {
-    /// Seats held, saga created (status HELD).
+    /// Seats held, saga created (HELD, or PAYMENT_PENDING with a payment budget).
     Held,
     /// Refused; nothing written (except the idempotency record of the refusal).
     Rejected {
-        /// e.g. `seat_unavailable`, `sold_out`, `event_not_found`, `seat_not_found`, `wrong_kind`.
-        code: String,
+        /// Why.
+        failure: Failure,
         /// The seat or event concerned.
         detail: String,
     },
@@ -109,9 +184,8 @@ pub enum Step {
     Done(u32),
     /// No such reservation.
     Missing,
-    /// The reservation is not in the expected state (its current status is given, with the
-    /// payment id when the script reports it).
-    WrongState(String, String),
+    /// The reservation is not in the expected state (its status, and its payment id if any).
+    WrongState(ReservationStatus, String),
     /// The hold passed its deadline before the transition.
     Expired,
     /// The reservation's seats are no longer its own (the event was reset).
@@ -120,55 +194,120 @@ pub enum Step {
     NotExpired,
     /// Someone else holds the saga lease.
     Busy,
+    /// Confirm: the saga was abandoned (a failure was decided; it must be refunded).
+    Abandoned,
+    /// Confirm: the saga's confirmBy instant has passed; it must be refunded.
+    TooLate,
 }
 
-fn parse_step(reply: Vec<String>) -> Step {
-    let tag = reply.first().map(String::as_str).unwrap_or("");
-    let arg = |i: usize| reply.get(i).cloned().unwrap_or_default();
-    match (tag, reply.get(1).map(String::as_str)) {
-        ("ok", _) => Step::Done(arg(1).parse().unwrap_or(0)),
-        ("err", Some("missing")) => Step::Missing,
-        ("err", Some("state")) => Step::WrongState(arg(2), arg(3)),
-        ("err", Some("expired")) => Step::Expired,
-        ("err", Some("not_expired")) => Step::NotExpired,
-        ("err", Some("busy")) => Step::Busy,
-        _ => Step::Lost,
+/// Result of recovery's claim on a due saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This replica now holds the lease: drive the saga.
+    Claimed,
+    /// Someone holds the lease; the saga was moved to when it ends.
+    Busy,
+    /// Nothing left to do; removed from the index.
+    Gone,
+}
+
+fn unexpected(script: &'static str, reply: &[String]) -> InventoryError {
+    InventoryError::UnexpectedReply {
+        script,
+        reply: reply.to_vec(),
     }
 }
 
-/// The inventory: typed access to the scripts through the guarded [`Store`].
+/// Parses a transition script's reply exactly (see each script's `Returns`).
+fn parse_step(script: &'static str, reply: Vec<String>) -> Result<Step, InventoryError> {
+    let tags: Vec<&str> = reply.iter().map(String::as_str).collect();
+    let step = match tags.as_slice() {
+        ["ok", n] => n.parse().ok().map(Step::Done),
+        ["missing"] => Some(Step::Missing),
+        ["state", status, payment] => {
+            ReservationStatus::parse(status).map(|s| Step::WrongState(s, (*payment).to_owned()))
+        }
+        ["expired"] => Some(Step::Expired),
+        ["lost", _] => Some(Step::Lost),
+        ["not_expired", _] => Some(Step::NotExpired),
+        ["busy"] => Some(Step::Busy),
+        ["abandoned"] => Some(Step::Abandoned),
+        ["too_late"] => Some(Step::TooLate),
+        _ => None,
+    };
+    step.ok_or_else(|| unexpected(script, &reply))
+}
+
+fn parse_hold(reply: Vec<String>) -> Result<HoldOutcome, InventoryError> {
+    let tags: Vec<&str> = reply.iter().map(String::as_str).collect();
+    let outcome = match tags.as_slice() {
+        ["ok", _] => Some(HoldOutcome::Held),
+        ["rejected", code, detail] => Failure::parse(code).map(|failure| HoldOutcome::Rejected {
+            failure,
+            detail: (*detail).to_owned(),
+        }),
+        ["expired", holder] => Some(HoldOutcome::BlockedByExpired((*holder).to_owned())),
+        ["idem_reused"] => Some(HoldOutcome::IdempotencyReused),
+        ["idem", state, res_id, err, detail, status, body] => {
+            Some(HoldOutcome::Replay(IdempotencyRecord {
+                state: (*state).to_owned(),
+                res_id: (*res_id).to_owned(),
+                err: (*err).to_owned(),
+                detail: (*detail).to_owned(),
+                status: (*status).to_owned(),
+                body: (*body).to_owned(),
+            }))
+        }
+        _ => None,
+    };
+    outcome.ok_or_else(|| unexpected("hold", &reply))
+}
+
+/// The inventory: typed access to the scripts and reads through the guarded [`Store`].
 #[derive(Debug, Clone)]
 pub struct Inventory {
     store: Store,
     scripts: std::sync::Arc<Scripts>,
+    unsold_ttl_secs: u64,
 }
 
 impl Inventory {
-    /// Wraps a store.
+    /// Wraps a store; unsold reservations expire after [`DEFAULT_UNSOLD_TTL_SECS`].
     pub fn new(store: Store) -> Self {
+        Self::with_unsold_ttl(store, DEFAULT_UNSOLD_TTL_SECS)
+    }
+
+    /// Wraps a store; reservations that end without a sale expire after `unsold_ttl_secs`
+    /// (0: never).
+    pub fn with_unsold_ttl(store: Store, unsold_ttl_secs: u64) -> Self {
         Self {
             store,
             scripts: std::sync::Arc::new(Scripts::new()),
+            unsold_ttl_secs,
         }
     }
 
-    /// The underlying store (for plain reads).
+    /// The underlying store (its breaker state and `PING`, for readiness and metrics).
     pub fn store(&self) -> &Store {
         &self.store
     }
 
-    /// Holds seats or capacity and creates the saga (HELD), checking the idempotency key in the
-    /// same script.
-    #[allow(clippy::too_many_arguments)]
+    async fn run(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<Vec<String>, InventoryError> {
+        Ok(self.store.invoke_script(script, keys, args).await?)
+    }
+
+    /// Holds seats or capacity and creates the saga, checking the idempotency key in the same
+    /// script.
     pub async fn hold(
         &self,
         req: &HoldRequest<'_>,
-        now_ms: i64,
-        now_iso: &str,
-        hold_ttl_ms: u64,
-        lease_ms: u64,
-        owner: &str,
-    ) -> Result<HoldOutcome, StoreError> {
+        t: &HoldTiming<'_>,
+    ) -> Result<HoldOutcome, InventoryError> {
         let mut keys = vec![
             keys::event_meta(req.event_id),
             keys::event_seats(req.event_id),
@@ -179,15 +318,15 @@ impl Inventory {
             keys::SAGAS.to_owned(),
             keys::user_index(&req.user_email.to_ascii_lowercase()),
         ];
-        let (fp, _) = match req.idempotency {
+        let fingerprint = match req.idempotency {
             Some((key, fp)) => {
                 keys.push(keys::idempotency(key));
-                (fp, key)
+                fp
             }
-            None => ("", ""),
+            None => "",
         };
         let mode = if req.seats.is_empty() { "ga" } else { "seats" };
-        let mut args = Vec::with_capacity(13 + req.seats.len());
+        let mut args = Vec::with_capacity(14 + req.seats.len());
         args.extend([
             req.res_id.to_owned(),
             req.event_id.to_owned(),
@@ -195,144 +334,110 @@ impl Inventory {
             req.quantity.to_string(),
             req.amount.to_string(),
             req.user_email.to_owned(),
-            now_ms.to_string(),
-            now_iso.to_owned(),
-            hold_ttl_ms.to_string(),
-            lease_ms.to_string(),
-            owner.to_owned(),
-            fp.to_owned(),
+            t.now_ms.to_string(),
+            t.now_iso.to_owned(),
+            t.hold_ttl_ms.to_string(),
+            t.lease_ms.to_string(),
+            t.owner.to_owned(),
+            fingerprint.to_owned(),
             IDEMPOTENCY_TTL_SECS.to_string(),
+            t.pay_within_ms
+                .map(|b| b.max(1).to_string())
+                .unwrap_or_default(),
         ]);
         args.extend(req.seats.iter().cloned());
-        let reply: Vec<String> = self
-            .store
-            .invoke_script(&self.scripts.hold, &keys, &args)
-            .await?;
-        let arg = |i: usize| reply.get(i).cloned().unwrap_or_default();
-        Ok(match reply.first().map(String::as_str) {
-            Some("ok") => HoldOutcome::Held,
-            Some("expired") => HoldOutcome::BlockedByExpired(arg(1)),
-            Some("idem_reused") => HoldOutcome::IdempotencyReused,
-            Some("idem") => HoldOutcome::Replay(IdempotencyRecord {
-                state: arg(1),
-                res_id: arg(2),
-                err: arg(3),
-                detail: arg(4),
-                status: arg(5),
-                body: arg(6),
-            }),
-            _ => HoldOutcome::Rejected {
-                code: arg(1),
-                detail: arg(2),
-            },
-        })
+        parse_hold(self.run(&self.scripts.hold, &keys, &args).await?)
     }
 
-    /// HELD → PAYMENT_PENDING.
+    /// HELD → PAYMENT_PENDING, confirmable for `pay_within_ms` of Redis time.
     pub async fn begin_payment(
         &self,
         res_id: &str,
         event_id: &str,
         now_ms: i64,
         now_iso: &str,
-    ) -> Result<Step, StoreError> {
+        pay_within_ms: u64,
+    ) -> Result<Step, InventoryError> {
         let keys = [
             keys::reservation(res_id),
             keys::event_seats(event_id),
             keys::history(res_id),
             keys::HOLDS.to_owned(),
         ];
-        let args = [res_id.to_owned(), now_ms.to_string(), now_iso.to_owned()];
-        let reply = self
-            .store
-            .invoke_script(&self.scripts.begin_payment, &keys, &args)
-            .await?;
-        Ok(parse_step(reply))
-    }
-
-    /// PAYMENT_PENDING → CONFIRMED, with the outbox entry and the idempotent response.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn confirm(
-        &self,
-        res_id: &str,
-        event_id: &str,
-        idempotency_key: Option<&str>,
-        payment_id: &str,
-        response_body: &str,
-        notification_payload: &str,
-        now_ms: i64,
-        now_iso: &str,
-    ) -> Result<Step, StoreError> {
-        let mut keys = vec![
-            keys::reservation(res_id),
-            keys::event_seats(event_id),
-            keys::event_meta(event_id),
-            keys::history(res_id),
-            keys::SAGAS.to_owned(),
-            keys::lease(res_id),
-            keys::OUTBOX.to_owned(),
-            keys::event_confirmed(event_id),
-        ];
-        if let Some(k) = idempotency_key {
-            keys.push(keys::idempotency(k));
-        }
         let args = [
             res_id.to_owned(),
             now_ms.to_string(),
             now_iso.to_owned(),
-            payment_id.to_owned(),
-            response_body.to_owned(),
-            IDEMPOTENCY_TTL_SECS.to_string(),
-            notification_payload.to_owned(),
+            pay_within_ms.max(1).to_string(),
         ];
-        let reply = self
-            .store
-            .invoke_script(&self.scripts.confirm, &keys, &args)
-            .await?;
-        Ok(parse_step(reply))
+        let reply = self.run(&self.scripts.begin_payment, &keys, &args).await?;
+        parse_step("begin_payment", reply)
     }
 
-    /// HELD/PAYMENT_PENDING → `new_status` (FAILED or EXPIRED) with the places back in stock.
-    /// `require_expired`: only if HELD and past its deadline (the sweeper).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn release(
-        &self,
-        res_id: &str,
-        event_id: &str,
-        idempotency_key: Option<&str>,
-        new_status: &str,
-        fail_code: &str,
-        require_expired: bool,
-        now_ms: i64,
-        now_iso: &str,
-    ) -> Result<Step, StoreError> {
+    /// PAYMENT_PENDING → CONFIRMED, with the outbox entry and the idempotent response. Refused
+    /// ([`Step::Abandoned`], [`Step::TooLate`]) once a failure was decided or confirmBy passed.
+    pub async fn confirm(&self, c: &Confirmation<'_>) -> Result<Step, InventoryError> {
         let mut keys = vec![
-            keys::reservation(res_id),
-            keys::event_seats(event_id),
-            keys::event_meta(event_id),
-            keys::history(res_id),
+            keys::reservation(c.res_id),
+            keys::event_seats(c.event_id),
+            keys::event_meta(c.event_id),
+            keys::history(c.res_id),
             keys::SAGAS.to_owned(),
-            keys::lease(res_id),
+            keys::lease(c.res_id),
+            keys::OUTBOX.to_owned(),
+            keys::event_confirmed(c.event_id),
+        ];
+        if let Some(k) = c.idempotency_key {
+            keys.push(keys::idempotency(k));
+        }
+        let args = [
+            c.res_id.to_owned(),
+            c.now_iso.to_owned(),
+            c.payment_id.to_owned(),
+            c.response_body.to_owned(),
+            IDEMPOTENCY_TTL_SECS.to_string(),
+            c.notification_payload.to_owned(),
+        ];
+        let reply = self.run(&self.scripts.confirm, &keys, &args).await?;
+        parse_step("confirm", reply)
+    }
+
+    /// Writes the "never confirm, refund" decision on a PAYMENT_PENDING saga.
+    pub async fn abandon(&self, res_id: &str) -> Result<Step, InventoryError> {
+        let keys = [keys::reservation(res_id)];
+        let reply = self.run(&self.scripts.abandon, &keys, &[]).await?;
+        parse_step("abandon", reply)
+    }
+
+    /// HELD/PAYMENT_PENDING → `end` (FAILED or EXPIRED) with the places back in stock; the
+    /// reservation then expires after the unsold TTL. `require_expired`: only if HELD and past
+    /// its deadline (the sweeper).
+    pub async fn release(&self, r: &Release<'_>) -> Result<Step, InventoryError> {
+        let mut keys = vec![
+            keys::reservation(r.res_id),
+            keys::event_seats(r.event_id),
+            keys::event_meta(r.event_id),
+            keys::history(r.res_id),
+            keys::SAGAS.to_owned(),
+            keys::lease(r.res_id),
             keys::HOLDS.to_owned(),
         ];
-        if let Some(k) = idempotency_key {
+        if let Some(k) = r.idempotency_key {
             keys.push(keys::idempotency(k));
         }
         let args = [
-            res_id.to_owned(),
-            now_ms.to_string(),
-            now_iso.to_owned(),
-            new_status.to_owned(),
-            fail_code.to_owned(),
-            if require_expired { "1" } else { "0" }.to_owned(),
+            r.res_id.to_owned(),
+            r.now_ms.to_string(),
+            r.now_iso.to_owned(),
+            r.end.as_str().to_owned(),
+            r.failure.as_str().to_owned(),
+            if r.require_expired { "1" } else { "0" }.to_owned(),
             IDEMPOTENCY_TTL_SECS.to_string(),
-            keys::hold_member(event_id, res_id),
+            keys::hold_member(r.event_id, r.res_id),
+            self.unsold_ttl_secs.to_string(),
         ];
-        let reply = self
-            .store
-            .invoke_script(&self.scripts.release, &keys, &args)
-            .await?;
-        Ok(parse_step(reply))
+        let reply = self.run(&self.scripts.release, &keys, &args).await?;
+        parse_step("release", reply)
     }
 
     /// Marks a CONFIRMED reservation for cancellation under this owner's lease.
@@ -342,7 +447,7 @@ impl Inventory {
         owner: &str,
         lease_ms: u64,
         now_ms: i64,
-    ) -> Result<Step, StoreError> {
+    ) -> Result<Step, InventoryError> {
         let keys = [
             keys::reservation(res_id),
             keys::lease(res_id),
@@ -354,14 +459,12 @@ impl Inventory {
             owner.to_owned(),
             lease_ms.to_string(),
         ];
-        let reply = self
-            .store
-            .invoke_script(&self.scripts.cancel_begin, &keys, &args)
-            .await?;
-        Ok(parse_step(reply))
+        let reply = self.run(&self.scripts.cancel_begin, &keys, &args).await?;
+        parse_step("cancel_begin", reply)
     }
 
-    /// CONFIRMED (cancel requested, refunded) → CANCELLED, seats back, outbox entry.
+    /// CONFIRMED (cancel requested, refunded) → CANCELLED, seats back, outbox entry; the
+    /// reservation then expires after the unsold TTL.
     pub async fn cancel(
         &self,
         res_id: &str,
@@ -369,7 +472,7 @@ impl Inventory {
         notification_payload: &str,
         now_ms: i64,
         now_iso: &str,
-    ) -> Result<Step, StoreError> {
+    ) -> Result<Step, InventoryError> {
         let keys = [
             keys::reservation(res_id),
             keys::event_seats(event_id),
@@ -385,45 +488,74 @@ impl Inventory {
             now_ms.to_string(),
             now_iso.to_owned(),
             notification_payload.to_owned(),
+            self.unsold_ttl_secs.to_string(),
         ];
-        let reply = self
-            .store
-            .invoke_script(&self.scripts.cancel, &keys, &args)
-            .await?;
-        Ok(parse_step(reply))
+        let reply = self.run(&self.scripts.cancel, &keys, &args).await?;
+        parse_step("cancel", reply)
     }
 
-    /// Takes a free saga lease (`SET NX PX`). True if this owner now holds it.
-    pub async fn try_lease(
+    /// Recovery's claim on a due saga (see `claim.lua`).
+    pub async fn claim(
         &self,
         res_id: &str,
         owner: &str,
         lease_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(keys::lease(res_id))
-            .arg(owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(lease_ms);
-        let reply: Option<String> = self.store.query(&cmd).await?;
-        Ok(reply.is_some())
+        now_ms: i64,
+    ) -> Result<Claim, InventoryError> {
+        let keys = [
+            keys::reservation(res_id),
+            keys::lease(res_id),
+            keys::SAGAS.to_owned(),
+        ];
+        let args = [
+            res_id.to_owned(),
+            owner.to_owned(),
+            lease_ms.to_string(),
+            now_ms.to_string(),
+        ];
+        let reply = self.run(&self.scripts.claim, &keys, &args).await?;
+        match reply.first().map(String::as_str) {
+            Some("claimed") if reply.len() == 1 => Ok(Claim::Claimed),
+            Some("busy") if reply.len() == 1 => Ok(Claim::Busy),
+            Some("gone") if reply.len() == 1 => Ok(Claim::Gone),
+            _ => Err(unexpected("claim", &reply)),
+        }
     }
 
-    /// Extends this owner's lease. False if it was lost.
+    /// Extends this owner's lease and moves the saga's recovery score with it. False if the
+    /// lease was lost.
     pub async fn renew_lease(
         &self,
         res_id: &str,
         owner: &str,
         lease_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let keys = [keys::lease(res_id)];
-        let args = [owner.to_owned(), lease_ms.to_string()];
+        now_ms: i64,
+    ) -> Result<bool, InventoryError> {
+        let keys = [keys::lease(res_id), keys::SAGAS.to_owned()];
+        let args = [
+            owner.to_owned(),
+            lease_ms.to_string(),
+            res_id.to_owned(),
+            now_ms.to_string(),
+        ];
         let renewed: i64 = self
             .store
             .invoke_script(&self.scripts.renew_lease, &keys, &args)
             .await?;
         Ok(renewed == 1)
+    }
+
+    /// Drops a malformed member from the holds index.
+    pub async fn forget_hold_member(&self, member: &str) -> Result<(), InventoryError> {
+        self.unindex(keys::HOLDS, &[member.to_owned()]).await
+    }
+
+    async fn unindex(&self, key: &str, members: &[String]) -> Result<(), InventoryError> {
+        let _: i64 = self
+            .store
+            .invoke_script(&self.scripts.unindex, &[key.to_owned()], members)
+            .await?;
+        Ok(())
     }
 
     /// Creates or resets an event. `seats` empty means general admission with `capacity`.
@@ -433,7 +565,7 @@ impl Inventory {
         name: &str,
         capacity: u64,
         seats: &[String],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), InventoryError> {
         let keys = [
             keys::event_meta(event_id),
             keys::event_seats(event_id),
@@ -459,7 +591,7 @@ impl Inventory {
     }
 
     /// Creates the demo events if Redis holds no events. True if this call created them.
-    pub async fn seed_demo(&self) -> Result<bool, StoreError> {
+    pub async fn seed_demo(&self) -> Result<bool, InventoryError> {
         let keys = [
             keys::EVENTS.to_owned(),
             keys::event_meta("EVT-001"),
@@ -479,6 +611,46 @@ impl Inventory {
     }
 }
 
+/// What `confirm.lua` needs.
+#[derive(Debug, Clone)]
+pub struct Confirmation<'a> {
+    /// Reservation id.
+    pub res_id: &'a str,
+    /// Its event.
+    pub event_id: &'a str,
+    /// The creating request's `Idempotency-Key`, if any.
+    pub idempotency_key: Option<&'a str>,
+    /// The provider's payment id.
+    pub payment_id: &'a str,
+    /// The 201 body stored for idempotent replays.
+    pub response_body: &'a str,
+    /// The outbox entry's payload.
+    pub notification_payload: &'a str,
+    /// Now, RFC 3339 (history).
+    pub now_iso: &'a str,
+}
+
+/// What `release.lua` needs.
+#[derive(Debug, Clone)]
+pub struct Release<'a> {
+    /// Reservation id.
+    pub res_id: &'a str,
+    /// Its event.
+    pub event_id: &'a str,
+    /// The creating request's `Idempotency-Key`, if any.
+    pub idempotency_key: Option<&'a str>,
+    /// FAILED or EXPIRED.
+    pub end: ReservationStatus,
+    /// Why.
+    pub failure: Failure,
+    /// Sweeper: only a HELD saga past its deadline.
+    pub require_expired: bool,
+    /// Now, ms since the epoch.
+    pub now_ms: i64,
+    /// Now, RFC 3339.
+    pub now_iso: &'a str,
+}
+
 /// A fresh event epoch (distinguishes incarnations of a reset event).
 fn new_epoch() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -495,6 +667,10 @@ pub fn demo_seat_ids() -> Vec<String> {
 mod tests {
     use super::*;
 
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn demo_has_100_seats_a1_to_j10() {
         let s = demo_seat_ids();
@@ -505,14 +681,39 @@ mod tests {
 
     #[test]
     fn steps_parse() {
-        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(parse_step(v(&["ok", "3"])), Step::Done(3));
-        assert_eq!(parse_step(v(&["ok"])), Step::Done(0));
+        let p = |a: &[&str]| parse_step("t", v(a)).ok();
+        assert_eq!(p(&["ok", "3"]), Some(Step::Done(3)));
         assert_eq!(
-            parse_step(v(&["err", "state", "CONFIRMED", "p1"])),
-            Step::WrongState("CONFIRMED".into(), "p1".into())
+            p(&["state", "CONFIRMED", "p1"]),
+            Some(Step::WrongState(ReservationStatus::Confirmed, "p1".into()))
         );
-        assert_eq!(parse_step(v(&["err", "busy", ""])), Step::Busy);
-        assert_eq!(parse_step(v(&["err", "lost", "A1"])), Step::Lost);
+        assert_eq!(p(&["busy"]), Some(Step::Busy));
+        assert_eq!(p(&["lost", "A1"]), Some(Step::Lost));
+        assert_eq!(p(&["too_late"]), Some(Step::TooLate));
+        assert_eq!(p(&["abandoned"]), Some(Step::Abandoned));
+    }
+
+    /// Gap 4 of issue 10: a reply the wrapper does not know must be an error, never a saga
+    /// decision (the old catch-all mapped it to "lost", which refunds a successful charge).
+    #[test]
+    fn an_unknown_reply_is_never_a_decision() {
+        for reply in [
+            v(&["surprise"]),
+            v(&["err", "NOSCRIPT-ish"]),
+            v(&["ok"]),
+            v(&["ok", "many"]),
+            v(&["state", "SHIPPED", ""]),
+            v(&[]),
+        ] {
+            assert!(
+                matches!(
+                    parse_step("confirm", reply.clone()),
+                    Err(InventoryError::UnexpectedReply { .. })
+                ),
+                "{reply:?}"
+            );
+        }
+        assert!(parse_hold(v(&["rejected", "gremlins", "x"])).is_err());
+        assert!(parse_hold(v(&["err", "sold_out", "x"])).is_err());
     }
 }

@@ -1,6 +1,8 @@
 -- Helpers shared by every inventory script (prepended with concat!/include_str!).
 -- Seat states in ev:{E}:seats: 'A' available, 'H|<res>|<deadlineMs>' held (expirable),
 -- 'P|<res>' payment pending (never expires), 'S|<res>' sold.
+-- Replies are arrays whose first element is a tag the Rust wrapper matches exactly; any other
+-- reply is an error there, never a decision.
 
 -- Appends one saga history entry {step, status, at}.
 local function push_history(key, step, status, at)
@@ -15,6 +17,13 @@ local function split_csv(s)
   return out
 end
 
+-- Redis' own clock in ms: one clock for every replica's deadlines (Redis 7 replicates scripts
+-- by effects, so reading TIME before writing is allowed).
+local function redis_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
 -- Marks a running idempotency record of this reservation as finished with an error code.
 local function idem_finish_err(key, res_id, code, ttl)
   if not key then return end
@@ -22,5 +31,15 @@ local function idem_finish_err(key, res_id, code, ttl)
   if rec[1] == 'running' and rec[2] == res_id then
     redis.call('HSET', key, 'state', 'done', 'err', code, 'detail', '')
     redis.call('EXPIRE', key, ttl)
+  end
+end
+
+-- A reservation that ended without a sale keeps its hash and history only this long (seconds;
+-- '0' keeps them): a flood of failed attempts must not grow Redis for ever.
+local function expire_unsold(res_key, hist_key, ttl)
+  local secs = tonumber(ttl)
+  if secs and secs > 0 then
+    redis.call('EXPIRE', res_key, secs)
+    redis.call('EXPIRE', hist_key, secs)
   end
 end
