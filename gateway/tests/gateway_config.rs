@@ -407,6 +407,12 @@ fn hostile_files_are_refused_fast_by_test_flag() {
         &"[".repeat(n),
         "nested deeper than 64 levels",
     );
+    // libyaml also ends lines at a lone CR (and NEL, LS, PS): no comment hides the brackets.
+    assert_refused_fast(
+        "comment, CR, 100,000 nested [",
+        &format!("# x\r{}{}: 1\n", "[".repeat(n), "]".repeat(n)),
+        "line 2, column 65: nested deeper than 64 levels",
+    );
     assert_refused_fast(
         "100,000 nested {a: ",
         &"{a: ".repeat(n),

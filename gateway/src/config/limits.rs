@@ -5,7 +5,7 @@
 //! - Nesting: at most [`MAX_NESTING_DEPTH`] levels. libyaml (under `serde_norway`) checks every
 //!   open flow level (`[`, `{`) on every token, so parsing is quadratic in flow depth: 100,000
 //!   nested `[` took 35 s before `serde_norway`'s own recursion limit (128) could refuse them.
-//!   [`nesting_depth`] is a linear pre-scan that counts flow brackets and block nesting
+//!   [`check_nesting`] is a linear pre-scan that counts flow brackets and block nesting
 //!   (indentation, `- ` and `? ` indicators, keys) while skipping comments, quoted scalars, plain
 //!   scalars and block scalars, so an ordinary config (depth < 10) is never refused.
 //! - Nodes: at most [`MAX_NODES`] values once aliases are expanded. `serde_norway` bounds alias
@@ -46,6 +46,18 @@ enum Carry {
         parent: isize,
         indent: Option<usize>,
     },
+    /// After a plain scalar in block context that reached the end of its line: lines indented
+    /// more than `parent` continue it as text (`a: b` / `  'c [[` is the scalar "b 'c [[").
+    Plain { parent: isize },
+}
+
+/// What opened a block level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A mapping key (or `?`/`:` indicator) at that column.
+    Key,
+    /// A `- ` sequence entry at that column.
+    Dash,
 }
 
 /// The pre-scan's state across lines.
@@ -53,8 +65,9 @@ struct Scanner {
     limit: usize,
     /// Open flow collections.
     flow: usize,
-    /// Columns of the open block nodes, strictly increasing.
-    block: Vec<usize>,
+    /// The open block collections: column and kind, columns increasing (equal only for a
+    /// sequence written at its parent key's column).
+    block: Vec<(usize, Kind)>,
     carry: Carry,
     /// In flow context: the next non-blank character starts a node (after `[`, `{`, `,`, `?`,
     /// `:`), so a quote there opens a quoted scalar and `&`/`!`/`*` start properties/aliases.
@@ -64,10 +77,12 @@ struct Scanner {
 /// Checks that `text` nests at most `limit` levels; returns where it first went deeper.
 ///
 /// Counts `[`/`{` that open flow collections (not inside quotes, comments or plain scalars) plus
-/// the block levels open at that point. Block levels are the increasing indentation columns of
-/// `- ` / `? ` indicators and of mapping keys; a block sequence written at its parent key's
-/// column counts once for both, so this may count a little less than the real depth, never
-/// much more. Linear in the length of `text`.
+/// the block levels open at that point. Block levels are the indentation columns of `- `
+/// entries and of mapping keys (a sequence written at its parent key's column is a level of its
+/// own, as it is for libyaml), so for a document without aliases the count is at least the depth
+/// of the tree libyaml builds (the config fuzz target checks this), and more only for invalid
+/// YAML. Lines end where libyaml ends them (LF, CR, CRLF, NEL, LS, PS): a scan that split
+/// only at LF would take `# x<CR>[[[[...` for one comment line. Linear in the length of `text`.
 pub fn check_nesting(text: &str, limit: usize) -> Result<(), TooDeep> {
     let mut s = Scanner {
         limit,
@@ -76,15 +91,41 @@ pub fn check_nesting(text: &str, limit: usize) -> Result<(), TooDeep> {
         carry: Carry::None,
         flow_node_start: true,
     };
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    for (i, line) in text.split('\n').enumerate() {
-        let line = line.strip_suffix('\r').unwrap_or(line).as_bytes();
-        s.line(line).map_err(|col| TooDeep {
-            line: i + 1,
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text).as_bytes();
+    let mut line_no = 0;
+    let mut start = 0;
+    let mut i = 0;
+    loop {
+        let break_len = match text.get(i) {
+            None => 0,
+            Some(b'\n') => 1,
+            Some(b'\r') if text.get(i + 1) == Some(&b'\n') => 2,
+            Some(b'\r') => 1,
+            // NEL
+            Some(0xC2) if text.get(i + 1) == Some(&0x85) => 2,
+            // LS, PS
+            Some(0xE2)
+                if text.get(i + 1) == Some(&0x80)
+                    && matches!(text.get(i + 2), Some(0xA8 | 0xA9)) =>
+            {
+                3
+            }
+            Some(_) => {
+                i += 1;
+                continue;
+            }
+        };
+        line_no += 1;
+        s.line(&text[start..i]).map_err(|col| TooDeep {
+            line: line_no,
             column: col + 1,
         })?;
+        if break_len == 0 {
+            return Ok(());
+        }
+        i += break_len;
+        start = i;
     }
-    Ok(())
 }
 
 fn is_blank(b: u8) -> bool {
@@ -105,10 +146,22 @@ impl Scanner {
         self.block.len() + self.flow
     }
 
-    /// Opens a block level at `col` (if deeper than the innermost one).
-    fn push_block(&mut self, col: usize) -> Result<(), usize> {
-        if self.block.last().is_none_or(|&top| col > top) {
-            self.block.push(col);
+    /// Column of the innermost open block collection (-1 at the top level).
+    fn block_indent(&self) -> isize {
+        self.block.last().map_or(-1, |&(c, _)| c as isize)
+    }
+
+    /// Opens a block level at `col` unless it continues the innermost one: deeper than it, or
+    /// a sequence at the column of the key it belongs to.
+    fn push_block(&mut self, col: usize, kind: Kind) -> Result<(), usize> {
+        let opens = match self.block.last() {
+            None => true,
+            Some(&(top, top_kind)) => {
+                col > top || (col == top && kind == Kind::Dash && top_kind == Kind::Key)
+            }
+        };
+        if opens {
+            self.block.push((col, kind));
             if self.depth() > self.limit {
                 return Err(col);
             }
@@ -159,6 +212,16 @@ impl Scanner {
                 }
                 None => return Ok(()),
             },
+            Carry::Plain { parent } => {
+                let spaces = line.iter().take_while(|&&b| b == b' ').count();
+                if line[spaces..].iter().all(|&b| is_blank(b)) {
+                    return Ok(()); // blank lines fold into the scalar
+                }
+                self.carry = Carry::None;
+                if spaces as isize > parent {
+                    return self.plain_continuation(line, spaces);
+                }
+            }
             Carry::None => {}
         }
         if self.flow > 0 {
@@ -183,8 +246,16 @@ impl Scanner {
                 return Ok(());
             }
         }
-        while self.block.last().is_some_and(|&top| top > indent) {
+        while self.block.last().is_some_and(|&(top, _)| top > indent) {
             self.block.pop();
+        }
+        // A sequence at its key's column ends at the first line there that is not an entry.
+        let entry = content[0] == b'-' && blank_after(content, 0);
+        if !entry && self.block.last() == Some(&(indent, Kind::Dash)) && self.block.len() >= 2 {
+            let below = self.block[self.block.len() - 2];
+            if below == (indent, Kind::Key) {
+                self.block.pop();
+            }
         }
         i += indent;
         self.rest(line, i, true)
@@ -192,6 +263,9 @@ impl Scanner {
 
     /// Scans `line[i..]`; `node_start`: a node may begin at the next non-blank character.
     fn rest(&mut self, line: &[u8], mut i: usize, mut node_start: bool) -> Result<(), usize> {
+        // Column of a flow collection opened on this line in block context: if `: ` follows its
+        // end, it was a mapping key (`[a, b]: c`) and the mapping is a block level.
+        let mut flow_at = None;
         while i < line.len() {
             let b = line[i];
             if is_blank(b) {
@@ -207,6 +281,12 @@ impl Scanner {
                 if self.flow == 0 {
                     // The outermost flow collection closed: a complete node.
                     node_start = false;
+                    if let Some(col) = flow_at.take() {
+                        if self.key_follows(line, &mut i) {
+                            self.push_block(col, Kind::Key)?;
+                            node_start = true;
+                        }
+                    }
                 }
                 continue;
             }
@@ -222,10 +302,12 @@ impl Scanner {
             }
             match b {
                 b'-' | b'?' | b':' if blank_after(line, i) => {
-                    self.push_block(i)?;
+                    let kind = if b == b'-' { Kind::Dash } else { Kind::Key };
+                    self.push_block(i, kind)?;
                     i += 1;
                 }
                 b'[' | b'{' => {
+                    flow_at = Some(i);
                     self.open_flow(i)?;
                     i += 1;
                 }
@@ -236,7 +318,7 @@ impl Scanner {
                             i = end;
                             node_start = false;
                             if self.key_follows(line, &mut i) {
-                                self.push_block(start)?;
+                                self.push_block(start, Kind::Key)?;
                                 node_start = true;
                             }
                         }
@@ -247,7 +329,9 @@ impl Scanner {
                     }
                 }
                 b'|' | b'>' => {
-                    let parent = self.block.last().map_or(-1, |&c| c as isize);
+                    // libyaml wants block scalar content indented at least one column, also
+                    // at the top level.
+                    let parent = self.block_indent().max(0);
                     self.carry = Carry::BlockScalar {
                         parent,
                         indent: None,
@@ -275,12 +359,38 @@ impl Scanner {
                     }
                     node_start = false;
                     if self.key_follows(line, &mut i) {
-                        self.push_block(start)?;
+                        self.push_block(start, Kind::Key)?;
                         node_start = true;
+                    } else if i == line.len() && b != b'*' {
+                        // The scalar may go on over the next, more indented lines.
+                        self.carry = Carry::Plain {
+                            parent: self.block_indent(),
+                        };
                     }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A line continuing a multi-line plain scalar (its indentation is `indent`): text up to
+    /// ` #` (a comment ends the scalar) or the end of the line (it may go on). A `: ` in it is
+    /// an error for libyaml; the rest of the line is then scanned as structure, to be safe.
+    fn plain_continuation(&mut self, line: &[u8], indent: usize) -> Result<(), usize> {
+        let mut i = indent;
+        while i < line.len() {
+            let c = line[i];
+            if c == b'#' && (i == 0 || is_blank(line[i - 1])) {
+                return Ok(());
+            }
+            if c == b':' && blank_after(line, i) {
+                return self.rest(line, i + 1, true);
+            }
+            i += 1;
+        }
+        self.carry = Carry::Plain {
+            parent: self.block_indent(),
+        };
         Ok(())
     }
 
@@ -429,7 +539,13 @@ mod tests {
         assert_eq!(depth("a:\n  b:\n    c: 1\n"), 3);
         assert_eq!(depth("- - - - x\n"), 4);
         assert_eq!(depth("a:\n  - b: 1\n    c: 2\n  - d\n"), 3);
-        assert_eq!(depth("a:\n- b\n- c\n"), 1, "a sequence at its key's column");
+        assert_eq!(depth("a:\n- b\n- c\n"), 2, "a sequence at its key's column");
+        assert_eq!(depth("a:\n- b\n- c\nd: 1\n"), 2);
+        assert_eq!(depth("a:\n- b:\n  - c: [1]\n"), 6);
+        // ... ends at the next key there, so nothing accumulates.
+        assert_eq!(depth("a:\n- 1\nb:\n- 2\nc:\n- 3\n"), 2);
+        // A flow collection as a key opens a mapping level (after the key itself).
+        assert_eq!(depth("k:\n  [a]:\n    [b]: [[1]]\n"), 5);
         let mut deep = String::new();
         for i in 0..100 {
             deep.push_str(&" ".repeat(i));
@@ -453,6 +569,38 @@ mod tests {
         assert_eq!(depth("a: [it's, 1]\nb: [2]\n"), 2);
         // `#` without a blank before it is not a comment.
         assert_eq!(depth("a: [x#y, [1]]\n"), 3);
+    }
+
+    #[test]
+    fn every_libyaml_line_break_ends_a_line() {
+        // Splitting only at LF would take each of these for one comment line.
+        for br in ["\r", "\r\n", "\u{85}", "\u{2028}", "\u{2029}"] {
+            let text = format!("# x{br}{}{}: 1\n", "[".repeat(100), "]".repeat(100));
+            assert!(check_nesting(&text, 64).is_err(), "{br:?}");
+            let text = format!("a: 1 # x{br}b: [[1]]{br}");
+            assert_eq!(depth(&text), 3, "{br:?}");
+        }
+    }
+
+    #[test]
+    fn plain_scalars_go_on_over_indented_lines() {
+        // `'x` continues the plain scalar `b` (it opens no quote), so `c` is a key again.
+        let text = format!("a: b\n  'x\nc: {}\n  y'\n", "[".repeat(100));
+        assert!(check_nesting(&text, 64).is_err());
+        // Continuation lines are text, indicators included.
+        assert_eq!(depth("a: b\n  - - - [[[ c\n  d\ne: 1\n"), 1);
+        // Blank lines fold into the scalar; a dedent or a comment ends it.
+        assert_eq!(depth("- a\n\n   [[[\n- [[1]]\n"), 3);
+        assert_eq!(depth("a: b\n  # c\n  [[[1]]]\n"), 4);
+        // A top-level scalar goes on at any indentation.
+        assert_eq!(depth("word\n[[[[\n"), 0);
+    }
+
+    #[test]
+    fn top_level_block_scalar_needs_indented_content() {
+        // libyaml ends a top-level block scalar at column 0.
+        assert!(check_nesting(&format!("--- |\n{}\n", "[".repeat(100)), 64).is_err());
+        assert_eq!(depth("--- |\n [[[[\n"), 0);
     }
 
     #[test]

@@ -89,20 +89,26 @@ pub(crate) enum CheckError {
     #[error("HTTP {0}")]
     Status(u16),
     /// The gateway itself ran out of a resource: says nothing about the server.
-    #[error("inconclusive, local {}: {error}", kind.as_str())]
+    #[error("inconclusive, local {} while {phase}: {error}", kind.as_str())]
     Local {
         /// Which resource.
         kind: LocalResource,
+        /// `resolving`, `connecting` or `talking` (to the server).
+        phase: &'static str,
         /// The OS error.
         error: std::io::Error,
     },
 }
 
 impl CheckError {
-    /// Reclassifies an I/O failure that was the gateway's own resource shortage.
-    fn local_or(error: std::io::Error, other: fn(std::io::Error) -> CheckError) -> CheckError {
+    /// Reclassifies an I/O failure during `phase` that was the gateway's own resource shortage.
+    fn local_or(
+        error: std::io::Error,
+        phase: &'static str,
+        other: fn(std::io::Error) -> CheckError,
+    ) -> CheckError {
         match io_local_resource(&error) {
-            Some(kind) => CheckError::Local { kind, error },
+            Some(kind) => CheckError::Local { kind, phase, error },
             None => other(error),
         }
     }
@@ -209,7 +215,7 @@ async fn check_server(
         }
         Err(ResolveError::Lookup { server: _, source }) if io_local_resource(&source).is_some() => {
             // The resolver could not open a socket or file: keep the last address.
-            Err(CheckError::local_or(source, CheckError::Io))
+            Err(CheckError::local_or(source, "resolving", CheckError::Io))
         }
         Err(e) => {
             // A name that no longer resolves: forget the old address (it may be reused by
@@ -323,7 +329,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 async fn probe(addr: SocketAddr, host: &str, path: &str) -> Result<u16, CheckError> {
     let mut stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| CheckError::local_or(e, CheckError::Connect))?;
+        .map_err(|e| CheckError::local_or(e, "connecting", CheckError::Connect))?;
     let _ = stream.set_nodelay(true);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gateway-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
@@ -331,14 +337,14 @@ async fn probe(addr: SocketAddr, host: &str, path: &str) -> Result<u16, CheckErr
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| CheckError::local_or(e, CheckError::Io))?;
+        .map_err(|e| CheckError::local_or(e, "talking", CheckError::Io))?;
     let mut buf = [0u8; MAX_STATUS_LINE];
     let mut len = 0;
     while len < buf.len() {
         let n = stream
             .read(&mut buf[len..])
             .await
-            .map_err(|e| CheckError::local_or(e, CheckError::Io))?;
+            .map_err(|e| CheckError::local_or(e, "talking", CheckError::Io))?;
         if n == 0 {
             break;
         }
@@ -466,6 +472,7 @@ mod tests {
         let emfile = || {
             CheckError::local_or(
                 std::io::Error::from_raw_os_error(libc::EMFILE),
+                "connecting",
                 CheckError::Connect,
             )
         };
@@ -490,7 +497,8 @@ mod tests {
         let last = server.health.lock().last.clone().unwrap();
         assert!(last.inconclusive && !last.ok, "{last:?}");
         assert!(
-            last.detail.starts_with("inconclusive, local emfile"),
+            last.detail
+                .starts_with("inconclusive, local emfile while connecting"),
             "{}",
             last.detail
         );
@@ -503,6 +511,7 @@ mod tests {
         // A refused connection is the server's problem.
         let refused = CheckError::local_or(
             std::io::Error::from_raw_os_error(libc::ECONNREFUSED),
+            "connecting",
             CheckError::Connect,
         );
         assert!(matches!(refused, CheckError::Connect(_)));
