@@ -11,6 +11,8 @@
 #   SKIP_COMPOSE=1   skip the docker compose smoke test
 #   COMPOSE_SCENARIOS=0  compose smoke test without `loadtest scenario all --compose`
 #   SKIP_SCHEMATHESIS=1  skip the Schemathesis run against the reservations OpenAPI document
+#   SKIP_FUZZ=1      skip scripts/fuzz.sh (CI runs each target FUZZ_SECONDS=20 s without a
+#                    sanitizer: Rust panics are what it looks for; FUZZ_SANITIZER=address for ASan)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -55,6 +57,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # --- 3. unit, integration, concurrency and browser tests ---------------------------------------
 step "cargo test (workspace)"
 cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
+
+# --- 3a. fuzz the parsers of hostile input (config, X-Forwarded-For, rates) --------------------
+if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+  step "cargo fuzz: config, xff, rate (${FUZZ_SECONDS:-20} s each)"
+  FUZZ_SANITIZER=${FUZZ_SANITIZER:-none} timeout 2400 scripts/fuzz.sh
+fi
 
 # --- 3b. the reservations API against its own OpenAPI document ---------------------------------
 if [ "${SKIP_SCHEMATHESIS:-0}" != 1 ]; then

@@ -63,7 +63,8 @@ async fn slow_payments_answer_504_within_the_deadline_and_leave_no_charge() {
     // Payments recovers: the outcome is settled (refund), then the seat comes back.
     stack.chaos_reset(&stack.payments.url()).await;
     let list_url = format!("{}/api/reservations?userEmail=slow@x.io", stack.res.url());
-    let id = eventually(Duration::from_secs(20), || async {
+    // Usually settled within ~0.1 s of the reset; twice on a loaded machine not within 20 s.
+    let id = eventually(Duration::from_secs(60), || async {
         let l = stack.get(list_url.clone()).await;
         (l.body[0]["status"] == "FAILED")
             .then(|| l.body[0]["reservationId"].as_str().unwrap().to_owned())
