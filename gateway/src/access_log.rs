@@ -49,6 +49,8 @@ pub struct Entry<'a> {
     pub duration_ms: f64,
     /// Limiter decision.
     pub limiter: &'a LimiterNote,
+    /// Where the `limit_req` decision was taken: `-`, `local`, `cluster` or `fallback`.
+    pub limit_scope: &'a str,
     /// Error, if the request failed.
     pub error: Option<&'a str>,
 }
@@ -66,6 +68,7 @@ pub fn write(e: &Entry<'_>) {
         status = e.status,
         duration_ms = e.duration_ms,
         limiter = %e.limiter,
+        limit_scope = e.limit_scope,
         error = e.error.unwrap_or("-"),
         "request"
     );
