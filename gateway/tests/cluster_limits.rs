@@ -138,7 +138,7 @@ async fn store_down_or_frozen_falls_back_fast_and_recovers() {
         let st = gw.status().await;
         assert_eq!(st["limitReqZones"]["z"]["fallback"], true, "{st}");
         assert_eq!(st["limitReqZones"]["z"]["fallbackRate"], "1r/s", "{st}");
-        assert!(gw.logs().contains("limit_scope=fallback"), "{}", gw.logs());
+        assert!(gw.logs().contains("limit_scope=\"fallback\""), "{}", gw.logs());
     }
     // Fallback arithmetic: each gateway's own bucket at 1r/s with burst 3 → 4 + 4 of 12.
     assert_eq!(burst(&gws, "k3", 12).await, 8);
@@ -180,7 +180,7 @@ async fn store_down_or_frozen_falls_back_fast_and_recovers() {
             assert!(v.is_some(), "{r} missing:\n{m}");
         }
         assert!(m.contains("gateway_limit_store_duration_seconds_bucket"));
-        assert!(gw.logs().contains("limit_scope=cluster"));
+        assert!(gw.logs().contains("limit_scope=\"cluster\""));
     }
 }
 

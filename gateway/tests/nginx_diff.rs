@@ -754,7 +754,7 @@ async fn three_gateways_match_nginx(urls: Vec<String>, skip: &[&str]) {
         ok += common::metric_value(&m, "gateway_limit_store_requests_total{result=\"ok\"}")
             .unwrap_or(0.0);
         assert!(
-            !gw.logs().contains("limit_scope=fallback"),
+            !gw.logs().contains("limit_scope=\"fallback\""),
             "a decision fell back:\n{}",
             gw.logs()
         );
