@@ -27,8 +27,10 @@ use resilience::{BreakerConfig, BreakerState, CircuitBreaker};
 use crate::config::model::LimitStoreSettings;
 use crate::metrics::Metrics;
 
-/// The decision script (see the file for its contract).
-static DECIDE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("decide.lua")));
+/// The decision script's source (see the file for its contract).
+const DECIDE_LUA: &str = include_str!("decide.lua");
+/// The decision script.
+static DECIDE: LazyLock<Script> = LazyLock::new(|| Script::new(DECIDE_LUA));
 /// The heartbeat script, sent as plain `EVAL` (once a second), so that `EVALSHA` in Redis's
 /// `INFO commandstats` counts decisions only.
 const HEARTBEAT: &str = include_str!("heartbeat.lua");
@@ -281,7 +283,9 @@ fn integers(v: &Value) -> Option<Vec<i64>> {
 /// Connects (retrying), then heartbeats every second until `store` is replaced.
 async fn maintain(store: Arc<Store>, gateways: Arc<AtomicU64>, metrics: Metrics, id: String) {
     let mut logged_down = false;
+    let mut tick = 0u64;
     while !store.closed.load(Ordering::Relaxed) {
+        tick += 1;
         if store.conn.load().is_none() {
             match tokio::time::timeout(BACKGROUND_TIMEOUT * 4, connect(&store.settings)).await {
                 Ok(Ok(conn)) => {
@@ -321,6 +325,19 @@ async fn maintain(store: Arc<Store>, gateways: Arc<AtomicU64>, metrics: Metrics,
                     if store.breaker.state() != BreakerState::Closed {
                         if let Ok(p) = store.breaker.try_acquire() {
                             p.success();
+                        }
+                    }
+                    // Keep the decision script in the script cache of every master (on Redis
+                    // Cluster SCRIPT LOAD goes to all of them): on connect, after an outage
+                    // (a restarted or promoted node has an empty cache) and every 10 s, so that
+                    // a decision is one EVALSHA, not a NOSCRIPT miss and a retry.
+                    if logged_down || tick % 10 == 1 {
+                        let mut load = redis::cmd("SCRIPT");
+                        load.arg("LOAD").arg(DECIDE_LUA);
+                        if let Ok(Err(e)) =
+                            tokio::time::timeout(BACKGROUND_TIMEOUT, conn.query(&load)).await
+                        {
+                            tracing::debug!(error = %e, "SCRIPT LOAD failed");
                         }
                     }
                     if logged_down {
