@@ -200,7 +200,10 @@ fn merge<'a>(a: ReqDecision<'a>, b: ReqDecision<'a>) -> ReqDecision<'a> {
 
 /// The decision of one group of cluster limits (one hash tag) in the store, or `None` when the
 /// store could not be asked or answer in time.
-async fn decide_in_store<'a>(store: &LimitStore, group: &[ReqCheck<'a>]) -> Option<ReqDecision<'a>> {
+async fn decide_in_store<'a>(
+    store: &LimitStore,
+    group: &[ReqCheck<'a>],
+) -> Option<ReqDecision<'a>> {
     let keys: Vec<Vec<u8>> = group
         .iter()
         .map(|c| store_key(&c.key, c.zone.name()))

@@ -123,7 +123,8 @@ impl State {
         let now = std::time::Instant::now();
         for z in self.zones.req_zones() {
             if z.is_cluster() {
-                let fb = !available || z.fell_back_within(now, crate::limit::zones::FALLBACK_SHOWN_FOR);
+                let fb =
+                    !available || z.fell_back_within(now, crate::limit::zones::FALLBACK_SHOWN_FOR);
                 m.limit_store_fallback
                     .with_label_values(&[z.name()])
                     .set(i64::from(fb));

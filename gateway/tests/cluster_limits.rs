@@ -98,7 +98,9 @@ async fn burst(gws: &[&GatewayProcess], key: &str, n: usize) -> usize {
         let url = gws[i % gws.len()].url("/x");
         let client = client.clone();
         let key = key.to_string();
-        tasks.push(tokio::spawn(async move { hit(&client, &url, &key).await.0 }));
+        tasks.push(tokio::spawn(
+            async move { hit(&client, &url, &key).await.0 },
+        ));
     }
     let mut passed = 0;
     for t in tasks {
@@ -118,7 +120,10 @@ async fn store_down_or_frozen_falls_back_fast_and_recovers() {
     let b = GatewayProcess::start(&y).await;
     let gws = [&a, &b];
     for gw in gws {
-        assert_eq!(gw.wait_metric("gateway_cluster_gateways", 2.0).await, Some(2.0));
+        assert_eq!(
+            gw.wait_metric("gateway_cluster_gateways", 2.0).await,
+            Some(2.0)
+        );
     }
     // Cluster decisions: 8 at once over both gateways → burst + 1 = 4 pass in all.
     assert_eq!(burst(&gws, "k1", 8).await, 4);
@@ -138,7 +143,11 @@ async fn store_down_or_frozen_falls_back_fast_and_recovers() {
         let st = gw.status().await;
         assert_eq!(st["limitReqZones"]["z"]["fallback"], true, "{st}");
         assert_eq!(st["limitReqZones"]["z"]["fallbackRate"], "1r/s", "{st}");
-        assert!(gw.logs().contains("limit_scope=\"fallback\""), "{}", gw.logs());
+        assert!(
+            gw.logs().contains("limit_scope=\"fallback\""),
+            "{}",
+            gw.logs()
+        );
     }
     // Fallback arithmetic: each gateway's own bucket at 1r/s with burst 3 → 4 + 4 of 12.
     assert_eq!(burst(&gws, "k3", 12).await, 8);
@@ -169,7 +178,11 @@ async fn store_down_or_frozen_falls_back_fast_and_recovers() {
             gw.logs()
         );
     }
-    assert_eq!(burst(&gws, "k6", 8).await, 4, "cluster decisions after the freeze");
+    assert_eq!(
+        burst(&gws, "k6", 8).await,
+        4,
+        "cluster decisions after the freeze"
+    );
     for gw in gws {
         let m = gw.metrics().await;
         for r in ["ok", "error", "timeout"] {
@@ -200,11 +213,19 @@ async fn reload_moves_the_store_and_keeps_serving() {
         .await;
     assert_eq!(reloaded, Some(1.0), "{}", gw.logs());
     // The new store decides (a fresh Redis: key "a" starts afresh there).
-    assert!(wait_fallback(&gw, 0.0, Duration::from_secs(5)).await, "{}", gw.logs());
+    assert!(
+        wait_fallback(&gw, 0.0, Duration::from_secs(5)).await,
+        "{}",
+        gw.logs()
+    );
     assert!(r2.command_calls("evalsha") > before);
     let calls_r1 = r1.command_calls("evalsha");
     assert_eq!(burst(&[&gw], "b", 6).await, 4);
-    assert_eq!(r1.command_calls("evalsha"), calls_r1, "old store no longer asked");
+    assert_eq!(
+        r1.command_calls("evalsha"),
+        calls_r1,
+        "old store no longer asked"
+    );
     let st = gw.status().await;
     assert_eq!(st["limitStore"]["redis"][0], r2.url(), "{st}");
 }
@@ -221,7 +242,12 @@ async fn redis_cluster_master_killed_mid_trace() {
     let g3 = GatewayProcess::start(&y).await;
     let gws = [&g1, &g2, &g3];
     for gw in gws {
-        assert_eq!(gw.wait_metric("gateway_cluster_gateways", 3.0).await, Some(3.0), "{}", gw.logs());
+        assert_eq!(
+            gw.wait_metric("gateway_cluster_gateways", 3.0).await,
+            Some(3.0),
+            "{}",
+            gw.logs()
+        );
     }
     all_answered_fast(&gws, "trace", 30).await;
     for gw in gws {
@@ -239,14 +265,17 @@ async fn redis_cluster_master_killed_mid_trace() {
         let gw = gws[i % 3];
         i += 1;
         let (status, took) = hit(&client, &gw.url("/x"), "trace").await;
-        assert!(status == 200 || status == 429, "status {status} during failover");
+        assert!(
+            status == 200 || status == 429,
+            "status {status} during failover"
+        );
         assert!(
             took <= Duration::from_millis(TIMEOUT_MS + MARGIN_MS),
             "request took {took:?} during failover"
         );
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             let fb: Vec<Option<f64>> = futures_fallbacks(&gws).await;
-            if fb.iter().any(|f| *f == Some(1.0)) {
+            if fb.contains(&Some(1.0)) {
                 fell_back = true;
             } else if fell_back && fb.iter().all(|f| *f == Some(0.0)) {
                 recovered = Some(killed.elapsed());

@@ -721,7 +721,12 @@ async fn three_gateways_match_nginx(urls: Vec<String>, skip: &[&str]) {
             tokio::spawn(replay_http_round_robin(s, gw_urls.clone(), true)),
         ));
     }
-    let logs = || gws.iter().map(|g| g.logs()).collect::<Vec<_>>().join("\n----\n");
+    let logs = || {
+        gws.iter()
+            .map(|g| g.logs())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
     for (s, n, g) in runs {
         let from_nginx = n.await.expect("nginx run");
         let from_gateways = g.await.expect("gateway run");
@@ -764,7 +769,10 @@ async fn three_gateways_match_nginx(urls: Vec<String>, skip: &[&str]) {
         .filter(|s| !skip.contains(&s.name))
         .map(|s| s.batches.iter().map(|b| b.count).sum::<usize>())
         .sum();
-    assert!(ok >= requests as f64, "{ok} store decisions for {requests} requests");
+    assert!(
+        ok >= requests as f64,
+        "{ok} store decisions for {requests} requests"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

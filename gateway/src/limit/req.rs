@@ -206,7 +206,11 @@ impl ReqZone {
     /// Divides a cluster zone's fallback rate by `gateways` (at least 1; never below 1
     /// milli-request/s). Local zones keep their configured rate.
     pub fn set_share(&self, gateways: u64) {
-        let n = if self.is_cluster() { gateways.max(1) } else { 1 };
+        let n = if self.is_cluster() {
+            gateways.max(1)
+        } else {
+            1
+        };
         self.share.store(n, Ordering::Relaxed);
         let rate = self.configured_rate.load(Ordering::Relaxed);
         self.rate.store((rate / n).max(1), Ordering::Relaxed);

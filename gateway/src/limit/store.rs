@@ -179,8 +179,7 @@ impl LimitStore {
         let gateways = Arc::clone(&self.gateways);
         let metrics = self.metrics.clone();
         let id = self.id.clone();
-        self.runtime()
-            .spawn(maintain(store, gateways, metrics, id));
+        self.runtime().spawn(maintain(store, gateways, metrics, id));
         tracing::info!(redis = ?settings.redis, timeout_ms = settings.timeout.as_millis() as u64, "limit store configured");
     }
 
@@ -300,7 +299,9 @@ async fn maintain(store: Arc<Store>, gateways: Arc<AtomicU64>, metrics: Metrics,
                 }
                 Err(_) => {
                     if !logged_down {
-                        tracing::warn!("limit store connection timed out; cluster zones decide locally");
+                        tracing::warn!(
+                            "limit store connection timed out; cluster zones decide locally"
+                        );
                     }
                     logged_down = true;
                 }

@@ -155,9 +155,7 @@ impl Zones {
                         scope: z.scope().as_str(),
                         fallback: z.is_cluster()
                             && z.fell_back_within(Instant::now(), FALLBACK_SHOWN_FOR),
-                        fallback_rate: z
-                            .is_cluster()
-                            .then(|| rate_notation(z.local_rate())),
+                        fallback_rate: z.is_cluster().then(|| rate_notation(z.local_rate())),
                     },
                 )
             })

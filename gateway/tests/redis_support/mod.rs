@@ -87,7 +87,9 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.cli(&["PING"]).contains("PONG") {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.cli(&["PING"]).contains("PONG")
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -217,14 +219,21 @@ impl RedisCluster {
             if ok {
                 return;
             }
-            assert!(Instant::now() < deadline, "cluster not healthy within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "cluster not healthy within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// The index of the node currently master of the slot of `key`.
     pub fn master_of(&self, key: &str) -> usize {
-        let live = self.nodes.iter().find(|n| n.pid().is_some()).expect("a live node");
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.pid().is_some())
+            .expect("a live node");
         let slot: u16 = live
             .cli(&["CLUSTER", "KEYSLOT", key])
             .trim()
