@@ -1245,6 +1245,77 @@ mod tests {
     }
 
     #[test]
+    fn peek_decides_like_check_and_accounts_nothing() {
+        let z = zone("p", 2000, 100);
+        let r = rule("p", 1, true, 0);
+        for _ in 0..5 {
+            assert_eq!(
+                delay_of(&peek(
+                    &[ReqCheck {
+                        zone: &z,
+                        key: KEY,
+                        rule: &r
+                    }],
+                    at(&z, 0)
+                )),
+                Some(0)
+            );
+        }
+        assert_eq!(z.keys(), 0, "a peek stores no new key");
+        assert_eq!(delay_of(&one(&z, &r, 0)), Some(0));
+        assert_eq!(delay_of(&one(&z, &r, 0)), Some(0));
+        let c = [ReqCheck {
+            zone: &z,
+            key: KEY,
+            rule: &r,
+        }];
+        assert_eq!(delay_of(&peek(&c, at(&z, 0))), None);
+        assert_eq!(delay_of(&peek(&c, at(&z, 500))), Some(0));
+        assert_eq!(delay_of(&one(&z, &r, 500)), Some(0));
+    }
+
+    /// The store's decision rebuilt from the state it read equals the local decision on the same
+    /// state: same outcome, delay, Retry-After and headers.
+    #[test]
+    fn decisions_from_stored_state_match_local_ones() {
+        let z = zone("s", 2000, 100);
+        let r = rule("s", 5, false, 3);
+        let c = [ReqCheck {
+            zone: &z,
+            key: KEY,
+            rule: &r,
+        }];
+        let args = [store_args(&c[0])];
+        assert_eq!(args[0], [2000, 5000, 0]);
+        let mut stored: Option<(u64, u64)> = None;
+        for (i, ms) in [0u64, 0, 0, 0, 0, 0, 0, 250, 1800, 1800]
+            .into_iter()
+            .enumerate()
+        {
+            let remote = decide_stored(
+                &c,
+                &args,
+                &[StoredState {
+                    now: 10_000 + ms,
+                    node: stored,
+                }],
+            );
+            let local = one(&z, &r, ms);
+            assert_eq!(remote, local, "request {i} at {ms} ms");
+            // What the script stores on a pass.
+            if let ReqDecision::Pass { .. } = remote {
+                let l = Looked::new(
+                    stored.map(|(excess, last)| ReqNode { excess, last }),
+                    10_000 + ms,
+                    2000,
+                );
+                let n = l.committed();
+                stored = Some((n.excess, n.last));
+            }
+        }
+    }
+
+    #[test]
     fn no_limits_pass() {
         assert_eq!(delay_of(&check(&[], Instant::now())), Some(0));
     }
