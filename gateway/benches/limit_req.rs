@@ -20,6 +20,7 @@ fn zone(name: &str, max_keys: usize) -> ReqZone {
             milli_per_sec: 100 * 1000 / 60,
         },
         max_keys,
+        scope: Default::default(),
     })
 }
 

@@ -50,6 +50,8 @@ pub struct Entry<'a> {
     pub duration_ms: f64,
     /// Limiter decision.
     pub limiter: &'a LimiterNote,
+    /// Where the `limit_req` decision was taken: `-`, `local`, `cluster` or `fallback`.
+    pub limit_scope: &'a str,
     /// Error, if the request failed.
     pub error: Option<&'a str>,
 }
@@ -67,6 +69,7 @@ pub fn write(e: &Entry<'_>) {
         status = e.status,
         duration_ms = e.duration_ms,
         limiter = %e.limiter,
+        limit_scope = e.limit_scope,
         error = e.error.unwrap_or("-"),
         "request"
     );
@@ -105,6 +108,7 @@ pub fn write_early(e: &EarlyEntry<'_>) {
         status: e.status,
         duration_ms: e.duration_ms,
         limiter: &LimiterNote::Pass,
+        limit_scope: "-",
         error: Some(e.reason),
     });
 }

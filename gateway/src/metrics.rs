@@ -6,7 +6,8 @@
 use std::fmt::Write as _;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::upstream::UpstreamsStatus;
@@ -39,6 +40,22 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `gateway_header_timeouts_total`: connections closed because the request head was late.
     pub header_timeouts: IntCounter,
+    /// `gateway_limit_store_requests_total{result}` (`ok`, `error`, `timeout`): decision
+    /// round trips to the cluster limit store (SPEC §10.1).
+    pub limit_store_requests: IntCounterVec,
+    /// `gateway_limit_store_duration_seconds`: one decision round trip, as waited for.
+    pub limit_store_duration: Histogram,
+    /// `gateway_limit_store_fallback{zone}`: 1 while a cluster zone decides locally.
+    pub limit_store_fallback: IntGaugeVec,
+    /// `gateway_cluster_gateways`: live gateways last seen in the store.
+    pub cluster_gateways: IntGauge,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> T {
+    registry
+        .register(Box::new(m.clone()))
+        .unwrap_or_else(|e| panic!("metric registered twice: {e}"));
+    m
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -91,7 +108,53 @@ impl Metrics {
         registry
             .register(Box::new(header_timeouts.clone()))
             .unwrap_or_else(|e| panic!("counter registered twice: {e}"));
+        let limit_store_requests = counter(
+            &registry,
+            "gateway_limit_store_requests_total",
+            "Decision round trips to the cluster limit store, by result (ok, error, timeout)",
+            &["result"],
+        );
+        for r in ["ok", "error", "timeout"] {
+            limit_store_requests.with_label_values(&[r]);
+        }
+        let limit_store_duration = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "gateway_limit_store_duration_seconds",
+                    "One decision round trip to the cluster limit store (capped by timeout_ms)",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    1.0,
+                ]),
+            )
+            .unwrap_or_else(|e| panic!("histogram is malformed: {e}")),
+        );
+        let limit_store_fallback = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "gateway_limit_store_fallback",
+                    "1 while a cluster limit_req zone decides on its local fallback bucket",
+                ),
+                &["zone"],
+            )
+            .unwrap_or_else(|e| panic!("gauge is malformed: {e}")),
+        );
+        let cluster_gateways = register(
+            &registry,
+            IntGauge::new(
+                "gateway_cluster_gateways",
+                "Live gateways last seen in the cluster limit store (heartbeats)",
+            )
+            .unwrap_or_else(|e| panic!("gauge is malformed: {e}")),
+        );
         Metrics {
+            limit_store_requests,
+            limit_store_duration,
+            limit_store_fallback,
+            cluster_gateways,
             header_timeouts,
             requests: counter(
                 &registry,

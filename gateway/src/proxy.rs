@@ -23,7 +23,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 
 use crate::access_log::{self, LimiterNote};
-use crate::admission::{self, ConnOutcome, RateLimitFields, ReqOutcome};
+use crate::admission::{self, ConnOutcome, LimitScope, RateLimitFields, ReqOutcome};
 use crate::client::body::{self as req_body, BodyError, Plan};
 use crate::client::{self, BodyLimit, DeclaredBody};
 use crate::limit::ConnPermit;
@@ -107,6 +107,8 @@ pub struct RequestCtx {
     local_wait: Duration,
     /// What the limiters did, for the access log.
     limiter: LimiterNote,
+    /// Where the `limit_req` decision was taken, for the access log.
+    limit_scope: LimitScope,
     /// Metric bookkeeping, recorded once in `logging`.
     delayed_zone: Option<String>,
     dry_run_req: Vec<String>,
@@ -443,6 +445,7 @@ impl ProxyHttp for Gateway {
             upstream_path: None,
             local_wait: Duration::ZERO,
             limiter: LimiterNote::Pass,
+            limit_scope: LimitScope::None,
             delayed_zone: None,
             dry_run_req: Vec::new(),
             dry_run_conn: Vec::new(),
@@ -546,14 +549,31 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
 
-        // limit_req: all zones checked, committed only if all pass.
-        let decision = admission::limit_req(
-            route,
-            rt,
-            client_ip,
-            &session.req_header().headers,
-            Instant::now(),
-        );
+        // limit_req: all zones checked, committed only if all pass. Routes with cluster zones
+        // ask the shared store (at most timeout_ms, then their local fallback).
+        let decision = if rt.cluster {
+            let (d, scope) = admission::limit_req_cluster(
+                route,
+                rt,
+                client_ip,
+                &session.req_header().headers,
+                &self.state.store,
+            )
+            .await;
+            ctx.limit_scope = scope;
+            d
+        } else {
+            if !route.limit_req.is_empty() {
+                ctx.limit_scope = LimitScope::Local;
+            }
+            admission::limit_req(
+                route,
+                rt,
+                client_ip,
+                &session.req_header().headers,
+                Instant::now(),
+            )
+        };
         match decision {
             ReqOutcome::Reject {
                 zone,
@@ -1011,6 +1031,7 @@ impl ProxyHttp for Gateway {
             status,
             duration_ms: (ctx.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0,
             limiter: &ctx.limiter,
+            limit_scope: ctx.limit_scope.as_str(),
             error: err_text.as_deref(),
         });
     }

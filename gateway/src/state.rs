@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::config::model::GatewayConfig;
-use crate::limit::{ConnZone, ReqZone, Zones};
+use crate::limit::{ConnZone, LimitStore, ReqZone, Zones};
 use crate::metrics::Metrics;
 use crate::upstream::{UpstreamPool, Upstreams};
 
@@ -33,6 +33,8 @@ pub struct RouteRuntime {
     pub conn_zones: Vec<Arc<ConnZone>>,
     /// The route's upstream pool.
     pub pool: Arc<UpstreamPool>,
+    /// Some `limit_req` zone of the route has `scope: cluster` (its decision goes to the store).
+    pub cluster: bool,
 }
 
 /// The outcome of the last SIGHUP reload, for `/status`.
@@ -65,6 +67,8 @@ pub struct State {
     pub upstreams: Arc<Upstreams>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The shared store of `scope: cluster` zones (connection kept across reloads).
+    pub store: LimitStore,
     /// The last reload's outcome.
     pub last_reload: Mutex<LastReload>,
 }
@@ -75,8 +79,10 @@ impl State {
         let zones = Zones::new();
         let upstreams = Upstreams::new();
         let metrics = Metrics::new();
+        let store = LimitStore::new(metrics.clone());
         zones.apply(&config);
         upstreams.apply(&config);
+        store.apply(config.limit_store.as_ref());
         let snapshot = build_snapshot(Arc::new(config), &zones, &upstreams)?;
         prime_metrics(&metrics, &snapshot.config);
         Ok(Arc::new(State {
@@ -85,6 +91,7 @@ impl State {
             zones,
             upstreams,
             metrics,
+            store,
             last_reload: Mutex::new(LastReload::default()),
         }))
     }
@@ -99,10 +106,31 @@ impl State {
     pub fn install(&self, config: GatewayConfig) -> Result<(), SnapshotError> {
         self.zones.apply(&config);
         self.upstreams.apply(&config);
+        self.store.apply(config.limit_store.as_ref());
         let snapshot = build_snapshot(Arc::new(config), &self.zones, &self.upstreams)?;
         prime_metrics(&self.metrics, &snapshot.config);
         self.current.store(Arc::new(snapshot));
         Ok(())
+    }
+
+    /// Sets the cluster gauges of SPEC §10.1 for a scrape: `gateway_limit_store_fallback{zone}`
+    /// of every cluster zone (1 while the store is not deciding, or when one of the zone's
+    /// decisions fell back in the last second) and `gateway_cluster_gateways`.
+    pub fn refresh_store_gauges(&self) {
+        let m = &self.metrics;
+        m.limit_store_fallback.reset();
+        let available = self.store.available();
+        let now = std::time::Instant::now();
+        for z in self.zones.req_zones() {
+            if z.is_cluster() {
+                let fb =
+                    !available || z.fell_back_within(now, crate::limit::zones::FALLBACK_SHOWN_FOR);
+                m.limit_store_fallback
+                    .with_label_values(&[z.name()])
+                    .set(i64::from(fb));
+            }
+        }
+        m.cluster_gateways.set(self.store.gateways_seen() as i64);
     }
 }
 
@@ -148,7 +176,9 @@ fn build_snapshot(
         let pool = upstreams
             .pool(&route.upstream)
             .ok_or_else(|| SnapshotError(format!("upstream {:?} missing", route.upstream)))?;
+        let cluster = req_zones.iter().any(|z| z.is_cluster());
         routes.push(RouteRuntime {
+            cluster,
             req_zones,
             conn_zones,
             pool,

@@ -16,6 +16,7 @@
 //! with a clear message (CI installs `nginx-light`).
 
 mod common;
+mod redis_support;
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -145,6 +146,15 @@ const SCENARIOS: &[Scenario] = &[
             },
         ],
     },
+    // Two limits on the same key (one store round trip for cluster zones): 1r/s burst 2 and
+    // 5r/s burst 1. t=0: two pass, then the second limit rejects two, which must not be charged
+    // to the first (1000 stored). t=1500: 1000 − 1500 + 1000 → 500 and 1500 pass, 2500 rejected;
+    // had the rejections been charged (2000), only one would pass.
+    Scenario {
+        name: "multi_same_key",
+        limits: &[limit(1, 2, Mode::NoDelay), limit(5, 1, Mode::NoDelay)],
+        batches: &[batch(0, 4), batch(1500, 4)],
+    },
 ];
 
 /// The `X-K` value of request `j` of batch `i`.
@@ -190,6 +200,7 @@ impl Limit {
                 milli_per_sec: self.rate_rps * 1000,
             },
             max_keys: 1000,
+            scope: Default::default(),
         })
     }
 
@@ -486,20 +497,37 @@ async fn replay_http(
     base_url: String,
     check_headers: bool,
 ) -> Vec<BatchOutcome> {
+    replay_http_round_robin(s, vec![base_url], check_headers).await
+}
+
+/// [`replay_http`] with the trace's requests sent round-robin over `base_urls` (request `k` of
+/// the whole trace to `base_urls[k % n]`): several gateways sharing cluster zones.
+async fn replay_http_round_robin(
+    s: &'static Scenario,
+    base_urls: Vec<String>,
+    check_headers: bool,
+) -> Vec<BatchOutcome> {
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client");
-    let url = format!("{base_url}/{}/index.html", s.name);
+    let urls: Vec<String> = base_urls
+        .iter()
+        .map(|b| format!("{b}/{}/index.html", s.name))
+        .collect();
+    let url = urls.join(" | ");
+    let mut k = 0usize;
     let start = tokio::time::Instant::now();
     let mut batches = Vec::new();
     for (i, b) in s.batches.iter().enumerate() {
         tokio::time::sleep_until(start + Duration::from_millis(b.at_ms)).await;
         let mut tasks = Vec::with_capacity(b.count);
         for j in 0..b.count {
-            let req = client.get(&url).header("x-k", header_value(b, i, j));
+            let target = &urls[k % urls.len()];
+            k += 1;
+            let req = client.get(target).header("x-k", header_value(b, i, j));
             tasks.push(tokio::spawn(async move {
                 let sent = Instant::now();
                 let resp = req.send().await.expect("request");
@@ -560,10 +588,31 @@ async fn replay_http(
 }
 
 fn gateway_yaml(upstream: std::net::SocketAddr) -> String {
-    let mut y = String::from("limit_req_status: 429\nlimit_req_zones:\n");
+    gateway_yaml_with(upstream, None)
+}
+
+/// The gateway config; with `store`, every zone is `scope: cluster` on that `limit_store`.
+fn gateway_yaml_with(upstream: std::net::SocketAddr, store: Option<&[String]>) -> String {
+    let mut y = String::from("limit_req_status: 429\n");
+    if let Some(urls) = store {
+        // A generous timeout: debug builds on a loaded machine; the store must decide every
+        // request of the trace (the test checks that none fell back).
+        y.push_str(&format!(
+            "limit_store:\n  redis: [{}]\n  timeout_ms: 500\n",
+            urls.iter()
+                .map(|u| format!("\"{u}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    y.push_str("limit_req_zones:\n");
     for s in SCENARIOS {
         for (i, l) in s.limits.iter().enumerate() {
-            y.push_str(&l.gateway_zone_yaml(&s.zone_name(i)));
+            let mut z = l.gateway_zone_yaml(&s.zone_name(i));
+            if store.is_some() {
+                z = z.replace(" }\n", ", scope: cluster }\n");
+            }
+            y.push_str(&z);
         }
     }
     y.push_str(&format!(
@@ -633,4 +682,122 @@ async fn limit_req_matches_real_nginx() {
         access.contains(" 429 "),
         "nginx access log has no 429:\n{access}"
     );
+}
+
+/// The cluster tests start several processes each; one at a time keeps the timing honest on a
+/// small machine.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Three gateways sharing `scope: cluster` zones on the store at `urls`: every scenario's trace,
+/// sent round-robin over the three, must give NGINX's accept/reject sequence (SPEC §10.1).
+///
+/// `skip`: scenarios left out (on Redis Cluster, zones with different keys live in different
+/// slots and are decided one after the other, so "multi" is not exact there).
+async fn three_gateways_match_nginx(urls: Vec<String>, skip: &[&str]) {
+    let nginx = Nginx::start(SCENARIOS);
+    let upstream = common::TestUpstream::start("diff").await;
+    let yaml = gateway_yaml_with(upstream.addr, Some(&urls));
+    let gws = [
+        common::GatewayProcess::start(&yaml).await,
+        common::GatewayProcess::start(&yaml).await,
+        common::GatewayProcess::start(&yaml).await,
+    ];
+    // Connected and heartbeating: every gateway sees the three.
+    for gw in &gws {
+        assert_eq!(
+            gw.wait_metric("gateway_cluster_gateways", 3.0).await,
+            Some(3.0),
+            "{}",
+            gw.logs()
+        );
+    }
+    let nginx_url = format!("http://127.0.0.1:{}", nginx.port);
+    let gw_urls: Vec<String> = gws.iter().map(|g| g.url("")).collect();
+    let mut runs = Vec::new();
+    for s in SCENARIOS.iter().filter(|s| !skip.contains(&s.name)) {
+        runs.push((
+            s,
+            tokio::spawn(replay_http(s, nginx_url.clone(), false)),
+            tokio::spawn(replay_http_round_robin(s, gw_urls.clone(), true)),
+        ));
+    }
+    let logs = || {
+        gws.iter()
+            .map(|g| g.logs())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    for (s, n, g) in runs {
+        let from_nginx = n.await.expect("nginx run");
+        let from_gateways = g.await.expect("gateway run");
+        println!("{}: nginx        {from_nginx:?}", s.name);
+        println!("{}: 3 gateways   {from_gateways:?}", s.name);
+        assert_agree(
+            &format!("{}: model vs nginx\n{}", s.name, nginx.errors()),
+            &s.model(&[], 0),
+            &from_nginx,
+            DELAY_TOLERANCE_MS,
+        );
+        assert_agree(
+            &format!("{}: three cluster gateways vs nginx\n{}", s.name, logs()),
+            &from_nginx,
+            &from_gateways,
+            DELAY_TOLERANCE_MS,
+        );
+    }
+    // Every decision was the store's: no error, no timeout, no fallback.
+    let mut ok = 0.0;
+    for gw in &gws {
+        let m = gw.metrics().await;
+        for r in ["error", "timeout"] {
+            let v = common::metric_value(
+                &m,
+                &format!("gateway_limit_store_requests_total{{result=\"{r}\"}}"),
+            );
+            assert_eq!(v, Some(0.0), "{r}: {}", gw.logs());
+        }
+        ok += common::metric_value(&m, "gateway_limit_store_requests_total{result=\"ok\"}")
+            .unwrap_or(0.0);
+        assert!(
+            !gw.logs().contains("limit_scope=\"fallback\""),
+            "a decision fell back:\n{}",
+            gw.logs()
+        );
+    }
+    let requests: usize = SCENARIOS
+        .iter()
+        .filter(|s| !skip.contains(&s.name))
+        .map(|s| s.batches.iter().map(|b| b.count).sum::<usize>())
+        .sum();
+    assert!(
+        ok >= requests as f64,
+        "{ok} store decisions for {requests} requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_limit_req_on_one_redis_matches_real_nginx() {
+    let _serial = SERIAL.lock().await;
+    let redis = redis_support::RedisServer::start(common::free_port());
+    three_gateways_match_nginx(vec![redis.url()], &[]).await;
+    // One round trip per request, whatever the route's number of zones: one EVALSHA each (plus
+    // at most one NOSCRIPT miss per gateway before the script is loaded; heartbeats use EVAL).
+    let calls = redis.command_calls("evalsha");
+    let requests: u64 = SCENARIOS
+        .iter()
+        .map(|s| s.batches.iter().map(|b| b.count as u64).sum::<u64>())
+        .sum();
+    println!("{calls} EVALSHA for {requests} requests");
+    assert!(
+        (requests..=requests + 3).contains(&calls),
+        "{calls} EVALSHA for {requests} requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_limit_req_on_redis_cluster_matches_real_nginx() {
+    let _serial = SERIAL.lock().await;
+    let ports = [(); 6].map(|_| common::free_port());
+    let cluster = redis_support::RedisCluster::start(ports);
+    three_gateways_match_nginx(cluster.urls(), &["multi"]).await;
 }

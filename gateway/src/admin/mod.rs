@@ -76,6 +76,7 @@ async fn dashboard_css() -> Response {
 }
 
 async fn metrics(AxumState(state): AxumState<Arc<State>>) -> Response {
+    state.refresh_store_gauges();
     let body = state.metrics.render(&state.upstreams.status());
     (
         [(

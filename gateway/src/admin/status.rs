@@ -15,12 +15,30 @@ pub struct Status {
     pub config: ConfigStatus,
     /// Every upstream pool: servers (health, ejection, in-flight) and breaker.
     pub upstreams: UpstreamsStatus,
-    /// `limit_req` zones: keys tracked.
+    /// `limit_req` zones: keys tracked, scope, fallback.
     pub limit_req_zones: serde_json::Value,
+    /// The cluster limit store (SPEC §10.1), `null` when none is configured.
+    pub limit_store: Option<LimitStoreStatus>,
     /// `limit_conn` zones: keys tracked and requests in flight.
     pub limit_conn_zones: serde_json::Value,
     /// Routes, longest prefix first (the order they are matched in).
     pub routes: Vec<RouteStatus>,
+}
+
+/// The cluster limit store part of `/status`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitStoreStatus {
+    /// The configured URLs.
+    pub redis: Vec<String>,
+    /// `standalone` (one URL) or `cluster`.
+    pub mode: &'static str,
+    /// `timeout_ms`.
+    pub timeout_ms: u64,
+    /// Connected, answering, breaker closed: cluster zones decide in the store.
+    pub available: bool,
+    /// Live gateways last seen in the store (0 before the first heartbeat).
+    pub gateways: u64,
 }
 
 /// The configuration part of `/status`.
@@ -74,7 +92,24 @@ pub fn status_json(state: &State) -> Status {
     let snap = state.snapshot();
     let cfg = &snap.config;
     let last = state.last_reload.lock().clone();
-    let zones: ZonesStatus = state.zones.status();
+    let mut zones: ZonesStatus = state.zones.status();
+    let available = state.store.available();
+    for z in zones.limit_req.values_mut() {
+        if z.scope == "cluster" && !available {
+            z.fallback = true;
+        }
+    }
+    let limit_store = cfg.limit_store.as_ref().map(|s| LimitStoreStatus {
+        redis: s.redis.clone(),
+        mode: if s.is_cluster() {
+            "cluster"
+        } else {
+            "standalone"
+        },
+        timeout_ms: s.timeout.as_millis() as u64,
+        available,
+        gateways: state.store.gateways_seen(),
+    });
     Status {
         config: ConfigStatus {
             path: cfg.source.path.clone(),
@@ -88,6 +123,7 @@ pub fn status_json(state: &State) -> Status {
         },
         upstreams: state.upstreams.status(),
         limit_req_zones: serde_json::to_value(&zones.limit_req).unwrap_or_default(),
+        limit_store,
         limit_conn_zones: serde_json::to_value(&zones.limit_conn).unwrap_or_default(),
         routes: cfg
             .routes

@@ -25,6 +25,8 @@ pub struct GatewayConfig {
     pub limit_req_status: u16,
     /// Status code used for `limit_conn` rejections (default 429).
     pub limit_conn_status: u16,
+    /// The shared store of `scope: cluster` zones (SPEC §10.1), if configured.
+    pub limit_store: Option<LimitStoreSettings>,
     /// `limit_req` zones by name.
     pub limit_req_zones: BTreeMap<String, LimitReqZone>,
     /// `limit_conn` zones by name.
@@ -97,6 +99,54 @@ pub struct LimitReqZone {
     pub rate: Rate,
     /// Upper bound of tracked keys; least recently used keys are evicted first (default 100000).
     pub max_keys: usize,
+    /// Where the per-key state lives (default [`Scope::Local`]).
+    pub scope: Scope,
+}
+
+/// Where a `limit_req` zone keeps its per-key state (SPEC §10.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// In this process only (SPEC §7).
+    #[default]
+    Local,
+    /// In the shared `limit_store`: every gateway sharing it decides on the same state.
+    Cluster,
+}
+
+impl Scope {
+    /// `local` or `cluster`, as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Local => "local",
+            Scope::Cluster => "cluster",
+        }
+    }
+}
+
+/// The `limit_store` section: where `scope: cluster` zones keep their state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitStoreSettings {
+    /// Redis URLs: one = standalone Redis, several = Redis Cluster seed nodes.
+    pub redis: Vec<String>,
+    /// Longest wait for one store round trip; slower counts as a store failure (default 25 ms).
+    pub timeout: Duration,
+    /// What a zone does while the store is unreachable.
+    pub fallback: StoreFallback,
+}
+
+impl LimitStoreSettings {
+    /// Several URLs: Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.redis.len() > 1
+    }
+}
+
+/// `limit_store.fallback`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StoreFallback {
+    /// Decide on a local bucket at `rate / N` (N = live gateways last seen in the store).
+    #[default]
+    Local,
 }
 
 /// A `limit_conn_zones` entry.

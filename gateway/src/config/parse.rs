@@ -36,10 +36,14 @@ pub(crate) fn document(
     let limit_req_status = top.uint("limit_req_status", 429, 400, 599, p) as u16;
     let limit_conn_status = top.uint("limit_conn_status", 429, 400, 599, p) as u16;
 
+    let limit_store = top
+        .get("limit_store")
+        .and_then(|v| limit_store(v, "limit_store", p));
+    let store_written = top.get("limit_store").is_some();
     let mut limit_req_zones = BTreeMap::new();
     for (name, path, v) in top.named("limit_req_zones", p) {
         zone_name(&name, &path, p);
-        if let Some(z) = limit_req_zone(&name, &path, v, p) {
+        if let Some(z) = limit_req_zone(&name, &path, v, store_written, p) {
             limit_req_zones.insert(name, z);
         }
     }
@@ -124,6 +128,7 @@ pub(crate) fn document(
         client,
         limit_req_status,
         limit_conn_status,
+        limit_store,
         limit_req_zones,
         limit_conn_zones,
         upstreams,
@@ -285,7 +290,71 @@ pub fn parse_rate(s: &str) -> Option<Rate> {
     })
 }
 
-fn limit_req_zone(name: &str, path: &str, v: &Value, p: &mut Problems) -> Option<LimitReqZone> {
+/// Largest `limit_store.timeout_ms`: a store slower than this is no use on the request path.
+const MAX_STORE_TIMEOUT_MS: u64 = 1000;
+
+/// The `limit_store` section (SPEC §10.1).
+fn limit_store(v: &Value, path: &str, p: &mut Problems) -> Option<LimitStoreSettings> {
+    let before = p.0.len();
+    let mut m = Map::open(Some(v), path, p);
+    let redis_path = m.key_path("redis");
+    let mut redis = Vec::new();
+    if m.required("redis", p).is_some() {
+        let items = m.list("redis", p);
+        if items.is_empty() {
+            p.push(&redis_path, "at least one redis:// URL is required");
+        }
+        for (ipath, item) in items {
+            if let Some(s) = as_str(item, &ipath, p) {
+                match redis_url(s) {
+                    Ok(()) if redis.iter().any(|r| r == s) => {
+                        p.push(&ipath, format!("duplicate URL {s:?}"));
+                    }
+                    Ok(()) => redis.push(s.to_string()),
+                    Err(e) => p.push(&ipath, e),
+                }
+            }
+        }
+    }
+    let timeout = Duration::from_millis(m.uint("timeout_ms", 25, 1, MAX_STORE_TIMEOUT_MS, p));
+    let fb_path = m.key_path("fallback");
+    let fallback = match m.string("fallback", p) {
+        None | Some("local") => StoreFallback::Local,
+        Some(other) => {
+            p.push(&fb_path, format!("expected local, got {other:?}"));
+            StoreFallback::Local
+        }
+    };
+    m.finish(p);
+    (p.0.len() == before).then_some(LimitStoreSettings {
+        redis,
+        timeout,
+        fallback,
+    })
+}
+
+/// A `redis://host:port[/db]` URL the Redis client accepts.
+fn redis_url(s: &str) -> Result<(), String> {
+    use redis::IntoConnectionInfo;
+    if !s.starts_with("redis://") {
+        return Err(format!("expected a redis://host:port URL, got {s:?}"));
+    }
+    match s.into_connection_info() {
+        Ok(info) if matches!(info.addr(), redis::ConnectionAddr::Tcp(h, _) if !h.is_empty()) => {
+            Ok(())
+        }
+        Ok(_) => Err(format!("expected a redis://host:port URL, got {s:?}")),
+        Err(e) => Err(format!("invalid Redis URL {s:?}: {e}")),
+    }
+}
+
+fn limit_req_zone(
+    name: &str,
+    path: &str,
+    v: &Value,
+    store_written: bool,
+    p: &mut Problems,
+) -> Option<LimitReqZone> {
     let mut m = Map::open(Some(v), path, p);
     let key = limit_key(m.get("key"), &m.key_path("key"), p);
     let rate_path = m.key_path("rate");
@@ -312,12 +381,33 @@ fn limit_req_zone(name: &str, path: &str, v: &Value, p: &mut Problems) -> Option
         }
     };
     let max_keys = m.uint("max_keys", 100_000, 1, u32::MAX as u64, p) as usize;
+    let scope_path = m.key_path("scope");
+    let scope = match m.string("scope", p) {
+        None | Some("local") => Scope::Local,
+        Some("cluster") => {
+            if !store_written {
+                p.push(
+                    &scope_path,
+                    "scope: cluster needs a limit_store section (the shared Redis)",
+                );
+            }
+            Scope::Cluster
+        }
+        Some(other) => {
+            p.push(
+                &scope_path,
+                format!("expected local or cluster, got {other:?}"),
+            );
+            Scope::Local
+        }
+    };
     m.finish(p);
     Some(LimitReqZone {
         name: name.to_string(),
         key,
         rate: rate?,
         max_keys,
+        scope,
     })
 }
 

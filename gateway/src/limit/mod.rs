@@ -11,10 +11,12 @@ pub mod headers;
 pub mod key;
 mod lru;
 pub mod req;
+pub mod store;
 pub mod zones;
 
 pub use conn::{ConnPermit, ConnRejected, ConnZone};
 pub use headers::RateLimitHeaders;
 pub use key::{resolve_key, LimitKeyValue};
-pub use req::{check, now, ReqCheck, ReqDecision, ReqZone};
+pub use req::{check, now, peek, ReqCheck, ReqDecision, ReqZone};
+pub use store::{LimitStore, StoreError};
 pub use zones::{rate_notation, ConnZoneStatus, ReqZoneStatus, Zones, ZonesStatus};

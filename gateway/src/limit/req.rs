@@ -25,7 +25,7 @@
 //! bits, so it cannot wrap where NGINX's 64-bit arithmetic would after months of idleness at
 //! absurd rates.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
@@ -33,7 +33,7 @@ use parking_lot::{Mutex, MutexGuard};
 use super::headers::RateLimitHeaders;
 use super::key::{KeyRef, LimitKeyValue};
 use super::lru::KeyLru;
-use crate::config::model::{LimitKey, LimitReqRule, LimitReqZone, Rate};
+use crate::config::model::{LimitKey, LimitReqRule, LimitReqZone, Rate, Scope};
 
 /// Keys per shard below which a zone is not split further.
 const KEYS_PER_SHARD: usize = 4096;
@@ -57,6 +57,15 @@ pub struct ReqZone {
     key: LimitKey,
     rate: AtomicU64,
     max_keys: AtomicUsize,
+    /// `scope: cluster`: the decisions are the store's and this zone's own state is the local
+    /// fallback bucket, at `configured_rate / share` (SPEC §10.1).
+    cluster: AtomicBool,
+    /// The zone's rate as configured (`rate` is this divided by `share` for cluster zones).
+    configured_rate: AtomicU64,
+    /// Live gateways the fallback rate is divided by (1 for local zones).
+    share: AtomicU64,
+    /// Zone-clock milliseconds + 1 of the last fallback decision (0: none yet).
+    last_fallback: AtomicU64,
     epoch: Instant,
     shards: Box<[Mutex<KeyLru<ReqNode>>]>,
     /// Hashes keys once per decision: bits 32.. pick the shard, the shard's table uses the hash.
@@ -100,6 +109,10 @@ impl ReqZone {
             key: cfg.key.clone(),
             rate: AtomicU64::new(cfg.rate.milli_per_sec.max(1)),
             max_keys: AtomicUsize::new(max_keys),
+            cluster: AtomicBool::new(cfg.scope == Scope::Cluster),
+            configured_rate: AtomicU64::new(cfg.rate.milli_per_sec.max(1)),
+            share: AtomicU64::new(1),
+            last_fallback: AtomicU64::new(0),
             epoch,
             shards: (0..n)
                 .map(|_| Mutex::new(KeyLru::new(max_keys / n, hasher.clone())))
@@ -112,6 +125,7 @@ impl ReqZone {
     /// keys are moved least recently used first, so the most recent survive a smaller `max_keys`.
     pub(crate) fn rebuilt_from(cfg: &LimitReqZone, old: &ReqZone) -> Self {
         let zone = Self::with_epoch(cfg, old.epoch);
+        zone.set_share(old.share.load(Ordering::Relaxed));
         for shard in old.shards.iter() {
             let mut old_lru = shard.lock();
             for (key, node) in old_lru.drain_lru_first() {
@@ -138,8 +152,11 @@ impl ReqZone {
     /// recently used keys if `max_keys` shrank).
     pub(crate) fn update(&self, cfg: &LimitReqZone) {
         let max_keys = cfg.max_keys.max(1);
-        self.rate
+        self.cluster
+            .store(cfg.scope == Scope::Cluster, Ordering::Relaxed);
+        self.configured_rate
             .store(cfg.rate.milli_per_sec.max(1), Ordering::Relaxed);
+        self.set_share(self.share.load(Ordering::Relaxed));
         self.max_keys.store(max_keys, Ordering::Relaxed);
         let per_shard = max_keys / self.shards.len();
         for shard in self.shards.iter() {
@@ -157,10 +174,64 @@ impl ReqZone {
         &self.key
     }
 
-    /// Current rate.
+    /// The zone's configured rate (for a cluster zone, the rate of all gateways together).
     pub fn rate(&self) -> Rate {
         Rate {
+            milli_per_sec: self.configured_rate.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The rate this process decides on locally: the configured rate, divided by the live
+    /// gateways for a cluster zone's fallback bucket.
+    pub fn local_rate(&self) -> Rate {
+        Rate {
             milli_per_sec: self.rate.load(Ordering::Relaxed),
+        }
+    }
+
+    /// `scope: cluster`.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.load(Ordering::Relaxed)
+    }
+
+    /// The scope as configured.
+    pub fn scope(&self) -> Scope {
+        if self.is_cluster() {
+            Scope::Cluster
+        } else {
+            Scope::Local
+        }
+    }
+
+    /// Divides a cluster zone's fallback rate by `gateways` (at least 1; never below 1
+    /// milli-request/s). Local zones keep their configured rate.
+    pub fn set_share(&self, gateways: u64) {
+        let n = if self.is_cluster() {
+            gateways.max(1)
+        } else {
+            1
+        };
+        self.share.store(n, Ordering::Relaxed);
+        let rate = self.configured_rate.load(Ordering::Relaxed);
+        self.rate.store((rate / n).max(1), Ordering::Relaxed);
+    }
+
+    /// Live gateways the fallback rate is divided by.
+    pub fn share(&self) -> u64 {
+        self.share.load(Ordering::Relaxed)
+    }
+
+    /// Records that a decision of this zone was taken on the local fallback bucket at `now`.
+    pub fn mark_fallback(&self, now: Instant) {
+        self.last_fallback
+            .store(self.now_ms(now) + 1, Ordering::Relaxed);
+    }
+
+    /// Whether a fallback decision was taken within `within` before `now`.
+    pub fn fell_back_within(&self, now: Instant, within: Duration) -> bool {
+        match self.last_fallback.load(Ordering::Relaxed) {
+            0 => false,
+            t => self.now_ms(now) + 1 < t + within.as_millis() as u64,
         }
     }
 
@@ -321,8 +392,13 @@ struct Limits {
 
 impl Limits {
     fn of(check: &ReqCheck<'_>) -> Self {
+        Self::at_rate(check, check.zone.rate.load(Ordering::Relaxed))
+    }
+
+    /// The limits of `check` at `rate` milli-requests/s.
+    fn at_rate(check: &ReqCheck<'_>, rate: u64) -> Self {
         Limits {
-            rate: check.zone.rate.load(Ordering::Relaxed).max(1),
+            rate: rate.max(1),
             burst: check.rule.burst.saturating_mul(1000),
             // NGINX: nodelay sets delay to NGX_MAX_INT_T_VALUE / 1000 (then · 1000).
             delay: if check.rule.nodelay {
@@ -498,6 +574,7 @@ const INLINE_CHECKS: usize = 4;
 fn check_many<'a>(
     checks: &[ReqCheck<'a>],
     now: Instant,
+    commit: bool,
     order: &mut [(usize, usize)],
     slots: &mut [Slot<'a>],
     guards: &mut [Option<Guard<'a>>],
@@ -532,7 +609,21 @@ fn check_many<'a>(
         guards: &mut guards[..locked],
         slots,
     };
-    decide(checks, now, &mut shards)
+    if commit {
+        decide(checks, now, &mut shards)
+    } else {
+        decide(checks, now, &mut Peek(&mut shards))
+    }
+}
+
+/// Lookups through `S`, no stores: a decision that accounts nothing.
+struct Peek<'s, S>(&'s mut S);
+
+impl<S: LockedShards> LockedShards for Peek<'_, S> {
+    fn lookup(&mut self, i: usize) -> Option<ReqNode> {
+        self.0.lookup(i)
+    }
+    fn store(&mut self, _: usize, _: ReqNode, _: u64) {}
 }
 
 /// Checks a request against all its `limit_req` limits at time `now` and accounts it in every zone
@@ -542,6 +633,16 @@ fn check_many<'a>(
 /// deadlock) for the whole check, which makes the check-then-account atomic. For a key already
 /// tracked nothing is allocated (up to four limits per route; more use small vectors).
 pub fn check<'a>(checks: &[ReqCheck<'a>], now: Instant) -> ReqDecision<'a> {
+    check_or_peek(checks, now, true)
+}
+
+/// What [`check`] would decide at `now`, accounting nothing (keys are only marked recently used).
+/// Used for a route's local zones before its cluster zones are asked (SPEC §10.1).
+pub fn peek<'a>(checks: &[ReqCheck<'a>], now: Instant) -> ReqDecision<'a> {
+    check_or_peek(checks, now, false)
+}
+
+fn check_or_peek<'a>(checks: &[ReqCheck<'a>], now: Instant, commit: bool) -> ReqDecision<'a> {
     match checks {
         [] => ReqDecision::Pass {
             delay: Duration::ZERO,
@@ -557,7 +658,11 @@ pub fn check<'a>(checks: &[ReqCheck<'a>], now: Instant) -> ReqDecision<'a> {
                 hash,
                 key,
             };
-            decide(checks, now, &mut locked)
+            if commit {
+                decide(checks, now, &mut locked)
+            } else {
+                decide(checks, now, &mut Peek(&mut locked))
+            }
         }
         many if many.len() <= INLINE_CHECKS => {
             let n = many.len();
@@ -567,6 +672,7 @@ pub fn check<'a>(checks: &[ReqCheck<'a>], now: Instant) -> ReqDecision<'a> {
             check_many(
                 many,
                 now,
+                commit,
                 &mut order[..n],
                 &mut slots[..n],
                 &mut guards[..n],
@@ -577,7 +683,7 @@ pub fn check<'a>(checks: &[ReqCheck<'a>], now: Instant) -> ReqDecision<'a> {
             let mut order = vec![(0usize, 0usize); n];
             let mut slots = vec![(0usize, 0u64, KeyRef::Ip(0)); n];
             let mut guards: Vec<Option<Guard<'a>>> = (0..n).map(|_| None).collect();
-            check_many(many, now, &mut order, &mut slots, &mut guards)
+            check_many(many, now, commit, &mut order, &mut slots, &mut guards)
         }
     }
 }
@@ -585,6 +691,67 @@ pub fn check<'a>(checks: &[ReqCheck<'a>], now: Instant) -> ReqDecision<'a> {
 fn decide<'a>(
     checks: &[ReqCheck<'a>],
     now: Instant,
+    shards: &mut impl LockedShards,
+) -> ReqDecision<'a> {
+    decide_with(checks, |c| (Limits::of(c), c.zone.now_ms(now)), shards)
+}
+
+/// A cluster zone's state as the store read it (SPEC §10.1), in the store's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredState {
+    /// The store's clock (ms) when it decided.
+    pub now: u64,
+    /// The key's `(excess, last)` before the decision, `None` for a new key.
+    pub node: Option<(u64, u64)>,
+}
+
+/// The store's state on the request path, as [`LockedShards`]: lookups give what the store read,
+/// stores do nothing (the store already accounted the request).
+struct Stored<'s>(&'s [StoredState]);
+
+impl LockedShards for Stored<'_> {
+    fn lookup(&mut self, i: usize) -> Option<ReqNode> {
+        self.0[i]
+            .node
+            .map(|(excess, last)| ReqNode { excess, last })
+    }
+    fn store(&mut self, _: usize, _: ReqNode, _: u64) {}
+}
+
+/// The rate, burst and delay the store must apply for `check` of a cluster zone: the configured
+/// rate (not the fallback share), `burst·1000`, and the dry-run flag. One script argument triple.
+pub fn store_args(check: &ReqCheck<'_>) -> [u64; 3] {
+    let l = Limits::at_rate(check, check.zone.configured_rate.load(Ordering::Relaxed));
+    [l.rate, l.burst, u64::from(check.rule.dry_run)]
+}
+
+/// Rebuilds the decision the store took for `checks` (all of cluster zones) from the state it
+/// read (`states[i]` for `checks[i]`) and the rates it was given (`args[i]`, from [`store_args`]):
+/// the same arithmetic as [`check`], so the reject/pass outcome is the store's, and the delay,
+/// `Retry-After` and RateLimit values follow from it exactly as for a local zone.
+pub fn decide_stored<'a>(
+    checks: &[ReqCheck<'a>],
+    args: &[[u64; 3]],
+    states: &[StoredState],
+) -> ReqDecision<'a> {
+    let mut i = 0usize;
+    decide_with(
+        checks,
+        |c| {
+            let l = Limits::at_rate(c, args[i][0]);
+            let now = states[i].now;
+            i += 1;
+            (l, now)
+        },
+        &mut Stored(states),
+    )
+}
+
+/// [`decide`] with each check's limits and clock reading from `params` (called once per check,
+/// in order).
+fn decide_with<'a>(
+    checks: &[ReqCheck<'a>],
+    mut params: impl FnMut(&ReqCheck<'a>) -> (Limits, u64),
     shards: &mut impl LockedShards,
 ) -> ReqDecision<'a> {
     // Lookup phase: evaluate every limit without accounting anything.
@@ -598,8 +765,8 @@ fn decide<'a>(
     };
     let mut rejected: Option<(usize, u64)> = None; // first rejecting check, longest wait in ms
     for (i, c) in checks.iter().enumerate() {
-        let limits = Limits::of(c);
-        let l = Looked::new(shards.lookup(i), c.zone.now_ms(now), limits.rate);
+        let (limits, now_ms) = params(c);
+        let l = Looked::new(shards.lookup(i), now_ms, limits.rate);
         if l.excess > limits.burst && !c.rule.dry_run {
             let wait = l.ms_until_pass(&limits);
             rejected = Some(match rejected {
@@ -680,6 +847,7 @@ mod tests {
                 milli_per_sec: rate_milli,
             },
             max_keys,
+            scope: Default::default(),
         })
     }
 
@@ -1074,6 +1242,77 @@ mod tests {
             check(&checks, at(&a, 0)),
             ReqDecision::Reject { zone: "b", .. }
         ));
+    }
+
+    #[test]
+    fn peek_decides_like_check_and_accounts_nothing() {
+        let z = zone("p", 2000, 100);
+        let r = rule("p", 1, true, 0);
+        for _ in 0..5 {
+            assert_eq!(
+                delay_of(&peek(
+                    &[ReqCheck {
+                        zone: &z,
+                        key: KEY,
+                        rule: &r
+                    }],
+                    at(&z, 0)
+                )),
+                Some(0)
+            );
+        }
+        assert_eq!(z.keys(), 0, "a peek stores no new key");
+        assert_eq!(delay_of(&one(&z, &r, 0)), Some(0));
+        assert_eq!(delay_of(&one(&z, &r, 0)), Some(0));
+        let c = [ReqCheck {
+            zone: &z,
+            key: KEY,
+            rule: &r,
+        }];
+        assert_eq!(delay_of(&peek(&c, at(&z, 0))), None);
+        assert_eq!(delay_of(&peek(&c, at(&z, 500))), Some(0));
+        assert_eq!(delay_of(&one(&z, &r, 500)), Some(0));
+    }
+
+    /// The store's decision rebuilt from the state it read equals the local decision on the same
+    /// state: same outcome, delay, Retry-After and headers.
+    #[test]
+    fn decisions_from_stored_state_match_local_ones() {
+        let z = zone("s", 2000, 100);
+        let r = rule("s", 5, false, 3);
+        let c = [ReqCheck {
+            zone: &z,
+            key: KEY,
+            rule: &r,
+        }];
+        let args = [store_args(&c[0])];
+        assert_eq!(args[0], [2000, 5000, 0]);
+        let mut stored: Option<(u64, u64)> = None;
+        for (i, ms) in [0u64, 0, 0, 0, 0, 0, 0, 250, 1800, 1800]
+            .into_iter()
+            .enumerate()
+        {
+            let remote = decide_stored(
+                &c,
+                &args,
+                &[StoredState {
+                    now: 10_000 + ms,
+                    node: stored,
+                }],
+            );
+            let local = one(&z, &r, ms);
+            assert_eq!(remote, local, "request {i} at {ms} ms");
+            // What the script stores on a pass.
+            if let ReqDecision::Pass { .. } = remote {
+                let l = Looked::new(
+                    stored.map(|(excess, last)| ReqNode { excess, last }),
+                    10_000 + ms,
+                    2000,
+                );
+                let n = l.committed();
+                stored = Some((n.excess, n.last));
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -9,6 +10,9 @@ use serde::Serialize;
 use super::conn::ConnZone;
 use super::req::ReqZone;
 use crate::config::model::{GatewayConfig, Rate};
+
+/// A cluster zone counts as in fallback this long after its last fallback decision.
+pub const FALLBACK_SHOWN_FOR: Duration = Duration::from_secs(1);
 
 /// All `limit_req` and `limit_conn` zones of the running config.
 ///
@@ -41,6 +45,14 @@ pub struct ReqZoneStatus {
     pub max_keys: usize,
     /// The rate in config notation, e.g. `"2r/s"` or `"100r/m"`.
     pub rate: String,
+    /// `local` or `cluster` (SPEC §10.1).
+    pub scope: &'static str,
+    /// A cluster zone deciding on its local fallback bucket (store unreachable); always false
+    /// for local zones.
+    pub fallback: bool,
+    /// The rate the fallback bucket decides on (`rate / gateways`), for cluster zones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_rate: Option<String>,
 }
 
 /// `/status` view of one `limit_conn` zone.
@@ -117,6 +129,11 @@ impl Zones {
         self.req.read().get(name).cloned()
     }
 
+    /// Every live `limit_req` zone.
+    pub fn req_zones(&self) -> Vec<Arc<ReqZone>> {
+        self.req.read().values().cloned().collect()
+    }
+
     /// The live `limit_conn` zone called `name`.
     pub fn conn_zone(&self, name: &str) -> Option<Arc<ConnZone>> {
         self.conn.read().get(name).cloned()
@@ -135,6 +152,10 @@ impl Zones {
                         keys: z.keys(),
                         max_keys: z.max_keys(),
                         rate: rate_notation(z.rate()),
+                        scope: z.scope().as_str(),
+                        fallback: z.is_cluster()
+                            && z.fell_back_within(Instant::now(), FALLBACK_SHOWN_FOR),
+                        fallback_rate: z.is_cluster().then(|| rate_notation(z.local_rate())),
                     },
                 )
             })
@@ -170,7 +191,7 @@ mod tests {
         ServerSettings,
     };
     use crate::limit::{check, LimitKeyValue, ReqCheck, ReqDecision};
-    use std::time::{Duration, Instant, SystemTime};
+    use std::time::SystemTime;
 
     fn config(req: &[(&str, u64, usize)], conn: &[&str]) -> GatewayConfig {
         GatewayConfig {
@@ -191,6 +212,7 @@ mod tests {
             },
             limit_req_status: 429,
             limit_conn_status: 429,
+            limit_store: None,
             limit_req_zones: req
                 .iter()
                 .map(|&(name, milli, max_keys)| {
@@ -203,6 +225,7 @@ mod tests {
                                 milli_per_sec: milli,
                             },
                             max_keys,
+                            scope: Default::default(),
                         },
                     )
                 })

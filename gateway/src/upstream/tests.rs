@@ -67,6 +67,7 @@ fn gateway(upstreams: Vec<Upstream>) -> GatewayConfig {
         },
         limit_req_status: 429,
         limit_conn_status: 429,
+        limit_store: None,
         limit_req_zones: BTreeMap::new(),
         limit_conn_zones: BTreeMap::new(),
         upstreams: upstreams.into_iter().map(|u| (u.name.clone(), u)).collect(),

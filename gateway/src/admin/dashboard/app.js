@@ -840,7 +840,11 @@
       const maxKeys = num(pick(z, 'maxKeys', 'max_keys'));
       const rate = pick(z, 'rate');
       const rej = total('gateway_ratelimit_rejected_total', zone);
-      return '<tr data-testid="zone-row" data-zone="' + esc(zone) + '" data-kind="limit_req"><td class="mono">' + esc(zone) + '</td><td>req</td><td>' + cell(rate, (r) => esc(typeof r === 'object' ? JSON.stringify(r) : r)) + '</td>' +
+      // SPEC §10.1: cluster zones decide in the shared store; "fallback" while they decide locally.
+      const scope = pick(z, 'scope');
+      const fb = pick(z, 'fallback') === true;
+      const kind = 'req' + (scope === 'cluster' ? ' · cluster' + (fb ? ' <span class="pill down" data-testid="zone-fallback">fallback</span>' : '') : '');
+      return '<tr data-testid="zone-row" data-zone="' + esc(zone) + '" data-kind="limit_req" data-scope="' + esc(scope ?? 'local') + '" data-fallback="' + fb + '"><td class="mono">' + esc(zone) + '</td><td>' + kind + '</td><td>' + cell(rate, (r) => esc(typeof r === 'object' ? JSON.stringify(r) : r)) + '</td>' +
         '<td class="num">' + cell(keys, fmtCount) + (maxKeys !== undefined ? ' <span class="muted">/ ' + fmtCount(maxKeys) + '</span>' : '') + '</td>' +
         '<td class="num' + (rej > 0 ? ' hot' : '') + '" data-testid="zone-rejected" data-value="' + (Number.isFinite(rej) ? rej : '') + '">' + cell(rej, fmtCount) + ' <span class="muted">(' + fmtRate(rateOf('rl_rej', zone)) + '/s)</span></td>' +
         '<td class="num">' + cell(total('gateway_ratelimit_delayed_total', zone), fmtCount) + ' <span class="muted">(' + fmtRate(rateOf('rl_del', zone)) + '/s)</span></td></tr>';
@@ -854,7 +858,13 @@
         '<td class="num">' + cell(keys, fmtCount) + (maxKeys !== undefined ? ' <span class="muted">/ ' + fmtCount(maxKeys) + '</span>' : '') + '</td>' +
         '<td class="num' + (rej > 0 ? ' hot' : '') + '" data-testid="zone-rejected" data-value="' + (Number.isFinite(rej) ? rej : '') + '">' + cell(rej, fmtCount) + ' <span class="muted">(' + fmtRate(rateOf('lc_rej', zone)) + '/s)</span></td><td class="num">—</td></tr>');
     }
-    host.innerHTML = '<table><thead><tr><th>Zone</th><th>Kind</th><th>Rate</th><th class="num">Keys</th><th class="num">Rejected</th><th class="num">Delayed</th></tr></thead><tbody>' + rows.join('') + '</tbody></table>';
+    const store = lastStatus ? pick(lastStatus, 'limitStore', 'limit_store') : undefined;
+    const storeLine = isObj(store)
+      ? '<p data-testid="limit-store" data-available="' + (pick(store, 'available') === true) + '">Limit store: ' + esc(pick(store, 'mode') ?? '?') + ' ' +
+        '<span class="pill ' + (pick(store, 'available') === true ? 'healthy' : 'down') + '">' + (pick(store, 'available') === true ? 'deciding' : 'unreachable: local fallback') + '</span> ' +
+        '<span class="muted">' + cell(num(pick(store, 'gateways')), fmtCount) + ' gateways live</span></p>'
+      : '';
+    host.innerHTML = storeLine + '<table><thead><tr><th>Zone</th><th>Kind</th><th>Rate</th><th class="num">Keys</th><th class="num">Rejected</th><th class="num">Delayed</th></tr></thead><tbody>' + rows.join('') + '</tbody></table>';
   }
 
   function renderConfig() {
