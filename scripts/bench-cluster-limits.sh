@@ -47,7 +47,7 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+wait_http() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "no answer from $1" >&2; for f in "$RUN"/*.log "$RUN"/*.err; do echo "== $f" >&2; tail -n 5 "$f" >&2; done; exit 1; }
 render() { local out=$2; cp "$1" "$out"; shift 2; for kv in "$@"; do sed -i "s|@${kv%%=*}@|${kv#*=}|g" "$out"; done; }
 
 UP=$(free_port); RP=$(free_port)
@@ -62,7 +62,7 @@ for kind in local cluster; do
     "PROXY_PORT=${PORT[$kind]}" "ADMIN_PORT=${ADMIN[$kind]}" "UPSTREAM_PORT=$UP"
   if [ "$kind" = cluster ]; then
     sed -i "s|^limit_req_zones:|limit_store:\n  redis: [\"redis://127.0.0.1:$RP\"]\n  timeout_ms: 25\nlimit_req_zones:|" "$RUN/gateway-$kind.yaml"
-    sed -i 's|max_keys: 100000 }|max_keys: 100000, scope: cluster }|' "$RUN/gateway-$kind.yaml"
+    sed -i '/bench_req:/s|max_keys: 100000 }|max_keys: 100000, scope: cluster }|' "$RUN/gateway-$kind.yaml"
     grep -q "scope: cluster" "$RUN/gateway-$kind.yaml" || { echo "template changed?" >&2; exit 1; }
   fi
   RUST_LOG=info,access=off "$GATEWAY_BIN" -c "$RUN/gateway-$kind.yaml" >"$RUN/gateway-$kind.log" 2>&1 & PIDS+=($!)
