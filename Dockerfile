@@ -49,6 +49,11 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cmake \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+# The binaries leave this stage stripped of debug info, so none is built: a cold build writes a
+# fraction of the target directory (disk is what a cold build on a small CI machine runs out of)
+# and links faster. Profiling builds are made on the host (docs/benchmarks.md).
+ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
+    CARGO_INCREMENTAL=0
 COPY --from=skeleton /skeleton/ ./
 RUN cargo build --release --locked -p gateway -p backend -p loadtest
 COPY . .

@@ -112,7 +112,21 @@ fi
 # --- 2. build the stack image -------------------------------------------------------------------------
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   step "${COMPOSE[*]} build"
-  timeout 3600 "${COMPOSE[@]}" build || die "compose build failed"
+  # The build prints tens of thousands of lines (C build scripts included): keep them in a file
+  # and show what explains a failure, so that a CI log cut to its tail still has the cause.
+  build_log="$TARGET_DIR/compose-build.log"
+  mkdir -p "$(dirname "$build_log")"
+  if ! timeout 3600 "${COMPOSE[@]}" build >"$build_log" 2>&1; then
+    log "compose build failed; full output in $build_log. Error lines:"
+    grep -nE '^(error|warning: build failed)|error:|No space left|Killed|signal: 9' "$build_log" | tail -40 >&2 || true
+    log "last lines:"
+    tail -40 "$build_log" >&2
+    log "disk and memory:"
+    df -h / /var/lib/docker 2>/dev/null >&2 || true
+    free -m >&2 || true
+    die "compose build failed"
+  fi
+  tail -3 "$build_log" >&2
   done_step "compose build"
 else
   docker image inspect seat-gateway-stack:latest >/dev/null 2>&1 \

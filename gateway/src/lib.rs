@@ -13,6 +13,7 @@ pub mod admission;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod fd_limit;
 pub mod limit;
 pub mod metrics;
 pub mod proxy;

@@ -26,54 +26,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Raises the soft `RLIMIT_NOFILE` to the hard limit and logs both. Each client connection,
-/// upstream connection and health check holds a file descriptor; the soft limit is often 1024
-/// (or less in containers) while the hard limit allows far more, and running out makes
-/// accept() and every upstream connect fail with EMFILE.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct it is given, which lives on this stack frame.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        let e = std::io::Error::last_os_error();
-        tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE");
-        return;
-    }
-    let (soft, hard) = (lim.rlim_cur, lim.rlim_max);
-    // An unlimited hard limit is not a valid soft limit for NOFILE: the kernel caps at nr_open.
-    let target = if hard == libc::RLIM_INFINITY {
-        std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1 << 20)
-    } else {
-        hard
-    };
-    if soft >= target {
-        tracing::info!(
-            soft,
-            hard,
-            "RLIMIT_NOFILE: soft limit {soft} already at the hard limit {hard}"
-        );
-        return;
-    }
-    lim.rlim_cur = target;
-    // SAFETY: setrlimit only reads the struct it is given.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        let e = std::io::Error::last_os_error();
-        tracing::warn!(soft, hard, error = %e, "RLIMIT_NOFILE: cannot raise the soft limit {soft} to {target}");
-        return;
-    }
-    tracing::info!(
-        soft_before = soft,
-        soft = target,
-        hard,
-        "RLIMIT_NOFILE: soft limit raised from {soft} to {target} (hard limit {hard})"
-    );
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let shown = cli.conf.display().to_string();
@@ -93,7 +45,7 @@ fn main() -> ExitCode {
     }
     init_logging(cli.log_format);
     gateway::reload::guard_sighup_early();
-    raise_fd_limit();
+    gateway::fd_limit::raise();
     let config = match gateway::config::load(&cli.conf) {
         Ok(c) => c,
         Err(errors) => {

@@ -49,6 +49,11 @@ pub struct Metrics {
     pub limit_store_fallback: IntGaugeVec,
     /// `gateway_cluster_gateways`: live gateways last seen in the store.
     pub cluster_gateways: IntGauge,
+    /// `gateway_client_connections`: client connections being served (set at scrape time).
+    pub client_connections: IntGauge,
+    /// `gateway_client_connections_refused_total{action}`: connections past
+    /// `client.max_connections`, `answered` (503) or `closed` (too many refusals at once).
+    pub client_connections_refused: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> T {
@@ -150,11 +155,29 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("gauge is malformed: {e}")),
         );
+        let client_connections = register(
+            &registry,
+            IntGauge::new(
+                "gateway_client_connections",
+                "Client connections being served on the proxy listener",
+            )
+            .unwrap_or_else(|e| panic!("gauge is malformed: {e}")),
+        );
+        let client_connections_refused = counter(
+            &registry,
+            "gateway_client_connections_refused_total",
+            "Connections past client.max_connections: answered 503, or closed at once when too many refusals were under way",
+            &["action"],
+        );
+        client_connections_refused.with_label_values(&["answered"]);
+        client_connections_refused.with_label_values(&["closed"]);
         Metrics {
             limit_store_requests,
             limit_store_duration,
             limit_store_fallback,
             cluster_gateways,
+            client_connections,
+            client_connections_refused,
             header_timeouts,
             requests: counter(
                 &registry,

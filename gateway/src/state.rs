@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+use crate::client::connections::{auto_max_connections, ConnectionCounter};
 use crate::config::model::GatewayConfig;
 use crate::limit::{ConnZone, LimitStore, ReqZone, Zones};
 use crate::metrics::Metrics;
@@ -71,6 +72,11 @@ pub struct State {
     pub store: LimitStore,
     /// The last reload's outcome.
     pub last_reload: Mutex<LastReload>,
+    /// Open client connections (kept across reloads).
+    pub connections: Arc<ConnectionCounter>,
+    /// The connection cap when `client.max_connections` is not set, from the open-file limit
+    /// when the state was built (after `main` raised it).
+    pub auto_max_connections: usize,
 }
 
 impl State {
@@ -93,6 +99,8 @@ impl State {
             metrics,
             store,
             last_reload: Mutex::new(LastReload::default()),
+            connections: ConnectionCounter::new(),
+            auto_max_connections: crate::fd_limit::soft().map_or(usize::MAX, auto_max_connections),
         }))
     }
 
@@ -132,6 +140,17 @@ impl State {
         }
         m.cluster_gateways.set(self.store.gateways_seen() as i64);
     }
+
+    /// The current cap on open client connections (`client.max_connections`, else derived
+    /// from the open-file limit).
+    pub fn max_connections(&self) -> usize {
+        self.current
+            .load()
+            .config
+            .client
+            .max_connections
+            .unwrap_or(self.auto_max_connections)
+    }
 }
 
 impl crate::client::deadline::ConnectionPolicy for State {
@@ -145,6 +164,14 @@ impl crate::client::deadline::ConnectionPolicy for State {
 
     fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    fn max_connections(&self) -> usize {
+        State::max_connections(self)
+    }
+
+    fn connections(&self) -> &Arc<ConnectionCounter> {
+        &self.connections
     }
 }
 

@@ -75,6 +75,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(cfg.client.header_timeout, Duration::from_secs(10));
     assert_eq!(cfg.client.max_body_bytes, 65536);
     assert!(cfg.client.trusted_proxies.is_empty());
+    assert_eq!(cfg.client.max_connections, None);
     assert_eq!((cfg.limit_req_status, cfg.limit_conn_status), (429, 429));
     let u = &cfg.upstreams["u"];
     assert_eq!(u.max_inflight, 50);
@@ -149,6 +150,14 @@ fn every_problem_names_its_key_path() {
         (
             "client: { header_timeout_ms: 0 }",
             "client.header_timeout_ms: must be between 1 and",
+        ),
+        (
+            "client: { max_connections: 0 }",
+            "client.max_connections: must be between 1 and",
+        ),
+        (
+            "client: { max_connections: lots }",
+            "client.max_connections: expected an integer",
         ),
         (
             "client: { trusted_proxies: [\"10.0.0.0/40\"] }",

@@ -1,7 +1,9 @@
 //! File descriptor exhaustion ("Hostile clients", item 4): the gateway raises its soft
 //! `RLIMIT_NOFILE` to the hard limit at start, and when idle clients use up every descriptor the
 //! active health checks (which then fail with EMFILE) are inconclusive instead of marking every
-//! server down; once the clients leave, requests are served again.
+//! server down; once the clients leave, requests are served again. Before that point, the
+//! connection cap (`client.max_connections`, by default derived from the descriptor limit)
+//! refuses clients past it at once with a 503, so descriptors do not run out at all.
 //!
 //! The gateway runs as a child process whose limits are set with `setrlimit` between fork and
 //! exec, so this test process keeps its own limits.
@@ -123,7 +125,8 @@ impl Drop for LimitedGateway {
     }
 }
 
-fn config(servers: &[String]) -> String {
+/// `servers` behind one route with fast health checks; `max_connections` written when given.
+fn config(servers: &[String], max_connections: Option<usize>) -> String {
     let list = servers
         .iter()
         .map(|s| format!("\"{s}\""))
@@ -132,17 +135,18 @@ fn config(servers: &[String]) -> String {
     // Idle clients must not be closed by the header deadline during the test.
     format!(
         "server:\n  threads: 1\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n\
-         client:\n  header_timeout_ms: 60000\n\
+         client:\n  header_timeout_ms: 60000\n{cap}\
          upstreams:\n  u:\n    servers: [{list}]\n    \
          health_check: {{ path: /health, interval_ms: 200, timeout_ms: 150, rise: 2, fall: 2 }}\n\
-         routes:\n  - path_prefix: /\n    upstream: u\n"
+         routes:\n  - path_prefix: /\n    upstream: u\n",
+        cap = max_connections.map_or(String::new(), |n| format!("  max_connections: {n}\n"))
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_fd_limit_is_raised_to_the_hard_limit() {
     let up = TestUpstream::start("a").await;
-    let gw = LimitedGateway::start(&config(&[up.addr.to_string()]), 256, 4096).await;
+    let gw = LimitedGateway::start(&config(&[up.addr.to_string()], None), 256, 4096).await;
     let logs = gw.logs();
     assert!(
         logs.contains("soft limit raised from 256 to 4096 (hard limit 4096)"),
@@ -188,7 +192,9 @@ async fn idle_clients_using_every_fd_do_not_unresolve_upstreams() {
 
 async fn exhaust_fds(servers: &[String]) {
     const LIMIT: u64 = 256;
-    let gw = LimitedGateway::start(&config(servers), LIMIT, LIMIT).await;
+    // A cap above the descriptor limit: this exercises what happens when descriptors run out
+    // all the same (they are shared with upstream connections, checks, logs...).
+    let gw = LimitedGateway::start(&config(servers, Some(100_000)), LIMIT, LIMIT).await;
     let healthy = |st: &serde_json::Value| {
         st["upstreams"]["u"]["servers"]
             .as_array()
@@ -296,4 +302,110 @@ async fn exhaust_fds(servers: &[String]) {
     }
     let st = get_json(&mut admin, "/status");
     assert!(healthy(&st), "{st:#}");
+}
+
+/// Idle clients up to the cap derived from the descriptor limit (256 → 64 connections): the next
+/// client is answered at once with 503 `gateway_overloaded` + `Retry-After`, the process never
+/// runs out of descriptors (no "Accept() failed", no inconclusive check), upstreams stay up, and
+/// once a client leaves a new one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_refused_at_once() {
+    const LIMIT: u64 = 256;
+    let cap = gateway::client::connections::auto_max_connections(LIMIT);
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let servers = [a.addr.to_string(), b.addr.to_string()];
+    let gw = LimitedGateway::start(&config(&servers, None), LIMIT, LIMIT).await;
+    let mut admin = RawConn::connect(gw.admin);
+    let st = get_json(&mut admin, "/status");
+    assert_eq!(st["connections"]["max"], cap, "{st:#}");
+    assert_eq!(st["connections"]["maxFromFdLimit"], true, "{st:#}");
+
+    // One kept-alive client that is served, then silent clients up to the cap.
+    let mut served = RawConn::connect(gw.listen);
+    assert_eq!(
+        served.get("/first", &[]).expect("first request").status,
+        200
+    );
+    let mut idle: Vec<TcpStream> = (1..cap)
+        .map(|_| TcpStream::connect(gw.listen).expect("idle client connect"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get_json(&mut admin, "/status")["connections"]["open"] != cap {
+        assert!(
+            Instant::now() < deadline,
+            "{:#}",
+            get_json(&mut admin, "/status")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Past the cap: an immediate, well-formed refusal, many times over.
+    for i in 0..20 {
+        let started = Instant::now();
+        let mut c = RawConn::connect(gw.listen);
+        let resp = c.get(&format!("/refused/{i}"), &[]).expect("refusal");
+        let took = started.elapsed();
+        assert_eq!(resp.status, 503, "{}", resp.body);
+        assert!(took < Duration::from_secs(1), "refusal took {took:?}");
+        assert_eq!(resp.json()["error"], "gateway_overloaded", "{}", resp.body);
+        assert_eq!(resp.header("retry-after"), Some("1"), "{:?}", resp.headers);
+        assert_eq!(resp.header("connection"), Some("close"));
+    }
+    // The connection being served keeps working, and the upstreams stay healthy.
+    assert_eq!(
+        served
+            .get("/still", &[])
+            .expect("kept-alive request")
+            .status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let st = get_json(&mut admin, "/status");
+    for s in st["upstreams"]["u"]["servers"].as_array().unwrap() {
+        assert_eq!(s["healthy"], true, "{st:#}");
+        assert_ne!(s["lastCheck"]["inconclusive"], true, "{st:#}");
+    }
+    let metrics = admin.get("/metrics", &[]).expect("GET /metrics").body;
+    let answered = metric_value(
+        &metrics,
+        "gateway_client_connections_refused_total{action=\"answered\"}",
+    );
+    assert_eq!(answered, Some(20.0), "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "gateway_client_connections"),
+        Some(cap as f64)
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "gateway_requests_total{route=\"none\",status=\"503\"}"
+        ),
+        Some(20.0)
+    );
+    assert!(
+        gw.open_fds() < LIMIT as usize - 32,
+        "{} fds open",
+        gw.open_fds()
+    );
+    let logs = gw.logs();
+    assert!(!logs.contains("Accept() failed"), "{logs}");
+    assert!(logs.contains("client.max_connections"), "{logs}");
+
+    // One idle client leaves: a new client is served.
+    idle.pop();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = RawConn::connect(gw.listen);
+        let status = c.get("/again", &[]).expect("request").status;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused after a client left"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(idle);
 }

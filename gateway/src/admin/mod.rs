@@ -77,6 +77,10 @@ async fn dashboard_css() -> Response {
 
 async fn metrics(AxumState(state): AxumState<Arc<State>>) -> Response {
     state.refresh_store_gauges();
+    state
+        .metrics
+        .client_connections
+        .set(i64::try_from(state.connections.open()).unwrap_or(i64::MAX));
     let body = state.metrics.render(&state.upstreams.status());
     (
         [(

@@ -23,6 +23,20 @@ pub struct Status {
     pub limit_conn_zones: serde_json::Value,
     /// Routes, longest prefix first (the order they are matched in).
     pub routes: Vec<RouteStatus>,
+    /// Client connections on the proxy listener.
+    pub connections: ConnectionsStatus,
+}
+
+/// The client connections part of `/status`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionsStatus {
+    /// Being served now.
+    pub open: usize,
+    /// The cap (`client.max_connections`, or derived from the open-file limit).
+    pub max: usize,
+    /// Whether `max` was derived from the open-file limit rather than configured.
+    pub max_from_fd_limit: bool,
 }
 
 /// The cluster limit store part of `/status`.
@@ -136,5 +150,10 @@ pub fn status_json(state: &State) -> Status {
                 limit_conn: r.limit_conn.iter().map(|l| l.zone.clone()).collect(),
             })
             .collect(),
+        connections: ConnectionsStatus {
+            open: state.connections.open(),
+            max: state.max_connections(),
+            max_from_fd_limit: cfg.client.max_connections.is_none(),
+        },
     }
 }

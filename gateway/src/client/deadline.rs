@@ -74,6 +74,7 @@ use tokio::time::{Instant, Sleep};
 
 use pingora::protocols::Stream;
 
+use super::connections::{Admission, ConnectionCounter};
 use crate::access_log;
 use crate::metrics::Metrics;
 
@@ -109,6 +110,10 @@ pub trait ConnectionPolicy: Send + Sync {
     fn head_limits(&self) -> HeadLimits;
     /// The metrics (`gateway_requests_total`, `gateway_header_timeouts_total`).
     fn metrics(&self) -> &Metrics;
+    /// The current cap on client connections served at once.
+    fn max_connections(&self) -> usize;
+    /// The open client connections (one counter for the listener, kept across reloads).
+    fn connections(&self) -> &Arc<ConnectionCounter>;
 }
 
 /// What one connection's stream and the proxy hooks running on it share.
@@ -151,6 +156,29 @@ impl<SV: ProxyHttp> HeadDeadlineApp<SV> {
     }
 }
 
+impl<SV: ProxyHttp> HeadDeadlineApp<SV> {
+    /// A connection past `client.max_connections`: 503 at once (whatever the client sends is
+    /// read and discarded during the lingering close), counted and logged, then closed.
+    async fn refuse_connection(&self, stream: Stream) {
+        let policy = Arc::clone(&self.policy);
+        policy
+            .metrics()
+            .client_connections_refused
+            .with_label_values(&["answered"])
+            .inc();
+        let limits = policy.head_limits();
+        let mut refused =
+            DeadlineStream::new(stream, limits, policy, Arc::new(ConnShared::default()));
+        refused.early_answer(
+            503,
+            "gateway_overloaded",
+            "too many client connections (client.max_connections); retry later",
+        );
+        refused.phase = Phase::Answer { written: 0 };
+        let _ = std::future::poll_fn(|cx| refused.poll_answer(cx)).await;
+    }
+}
+
 #[async_trait]
 impl<SV> ServerApp for HeadDeadlineApp<SV>
 where
@@ -162,6 +190,26 @@ where
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let slot = match self
+            .policy
+            .connections()
+            .admit(self.policy.max_connections())
+        {
+            Admission::Serve(slot) => slot,
+            Admission::Refuse(slot) => {
+                self.refuse_connection(stream).await;
+                drop(slot);
+                return None;
+            }
+            Admission::Close => {
+                self.policy
+                    .metrics()
+                    .client_connections_refused
+                    .with_label_values(&["closed"])
+                    .inc();
+                return None;
+            }
+        };
         let shared = Arc::new(ConnShared::default());
         let wrapped = DeadlineStream::new(
             stream,
@@ -191,6 +239,7 @@ where
             }
         };
         CONNECTION.scope(Arc::clone(&shared), serve).await;
+        drop(slot);
         None
     }
 
@@ -433,14 +482,15 @@ fn answer_bytes(status: u16, code: &str, message: &str, request_id: &str) -> Vec
         .ok()
         .and_then(|s| s.canonical_reason())
         .unwrap_or("Error");
-    // RFC 9110 §15.5.6: a 405 lists the methods that are allowed.
-    let allow = if status == 405 {
-        "allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"
-    } else {
-        ""
+    let extra = match status {
+        // RFC 9110 §15.5.6: a 405 lists the methods that are allowed.
+        405 => "allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n",
+        // Only the connection cap answers 503 here: a second later there may be room.
+        503 => "retry-after: 1\r\n",
+        _ => "",
     };
     format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n{allow}connection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\n{extra}connection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -1041,6 +1091,7 @@ mod tests {
     struct Policy {
         metrics: Metrics,
         limits: HeadLimits,
+        connections: Arc<ConnectionCounter>,
     }
 
     impl ConnectionPolicy for Policy {
@@ -1049,6 +1100,12 @@ mod tests {
         }
         fn metrics(&self) -> &Metrics {
             &self.metrics
+        }
+        fn max_connections(&self) -> usize {
+            usize::MAX
+        }
+        fn connections(&self) -> &Arc<ConnectionCounter> {
+            &self.connections
         }
     }
 
@@ -1067,6 +1124,7 @@ mod tests {
                 header_timeout: Duration::from_millis(timeout_ms),
                 max_header_bytes,
             },
+            connections: ConnectionCounter::new(),
         });
         let shared = Arc::new(ConnShared::default());
         let stream = DeadlineStream::new(

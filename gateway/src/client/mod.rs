@@ -1,8 +1,9 @@
 //! Client-side protections (SPEC §7 `client:`): who the client is ([`client_ip`]), how large its
-//! body may be ([`BodyLimit`]) and how it is received ([`body`]), and how long its request head
-//! may take ([`deadline`]).
+//! body may be ([`BodyLimit`]) and how it is received ([`body`]), how long its request head may
+//! take ([`deadline`]), and how many connections may be open ([`connections`]).
 
 pub mod body;
+pub mod connections;
 pub mod deadline;
 
 use std::net::IpAddr;

@@ -67,6 +67,10 @@ pub struct ClientSettings {
     pub keepalive_timeout: Duration,
     /// Peers whose `X-Forwarded-For` is believed (default none).
     pub trusted_proxies: Vec<IpNet>,
+    /// Open client connections served at once; past it a new connection gets 503 and is closed.
+    /// `None` (the default): derived from the open-file limit
+    /// ([`crate::client::connections::auto_max_connections`]).
+    pub max_connections: Option<usize>,
 }
 
 /// What a limit is keyed on.

@@ -19,6 +19,9 @@ const MIN_HEADER_BYTES: u64 = 1024;
 /// Largest `client.max_header_bytes`: Pingora's own head buffer limit (1 MiB).
 const MAX_HEADER_BYTES: u64 = 1024 * 1024;
 
+/// Largest `client.max_connections`: far above any open-file limit.
+const MAX_CONNECTIONS: u64 = 100_000_000;
+
 /// Reads the whole document. Returns the model only when no problem was found.
 pub(crate) fn document(
     root: &Value,
@@ -217,6 +220,8 @@ fn client(v: Option<&Value>, p: &mut Problems) -> ClientSettings {
         MAX_HEADER_BYTES,
         p,
     ) as usize;
+    // 0 stands for "not set" (derived from the open-file limit); a value given must be >= 1.
+    let max_connections = m.uint("max_connections", 0, 1, MAX_CONNECTIONS, p);
     let mut trusted_proxies = Vec::new();
     for (path, item) in m.list("trusted_proxies", p) {
         if let Some(s) = as_str(item, &path, p) {
@@ -237,6 +242,7 @@ fn client(v: Option<&Value>, p: &mut Problems) -> ClientSettings {
         body_timeout,
         keepalive_timeout,
         trusted_proxies,
+        max_connections: (max_connections > 0).then_some(max_connections as usize),
     }
 }
 

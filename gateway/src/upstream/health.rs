@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 
 use crate::config::model::HealthCheck;
 
-use super::local::{io_local_resource, LocalResource};
+use super::local::{fd_shortage_now, io_local_resource, LocalResource};
 use super::pool::UpstreamPool;
 use super::resolve::{self, ResolveError};
 use super::server::ServerState;
@@ -213,9 +213,28 @@ async fn check_server(
                 Err(_) => Err(CheckError::Timeout(timeout)),
             }
         }
-        Err(ResolveError::Lookup { server: _, source }) if io_local_resource(&source).is_some() => {
-            // The resolver could not open a socket or file: keep the last address.
-            Err(CheckError::local_or(source, "resolving", CheckError::Io))
+        Err(ResolveError::Lookup {
+            server: name,
+            source,
+        }) => {
+            // The resolver could not open a socket or file: keep the last address. Its error
+            // does not always say so (glibc's NSS modules turn EMFILE into other errors, EBUSY
+            // seen with mdns4_minimal), so when it does not, ask whether this process can open
+            // a descriptor right now.
+            match io_local_resource(&source).or_else(fd_shortage_now) {
+                Some(kind) => Err(CheckError::Local {
+                    kind,
+                    phase: "resolving",
+                    error: source,
+                }),
+                None => {
+                    server.set_addr(None);
+                    Err(CheckError::Resolve(ResolveError::Lookup {
+                        server: name,
+                        source,
+                    }))
+                }
+            }
         }
         Err(e) => {
             // A name that no longer resolves: forget the old address (it may be reused by

@@ -104,6 +104,15 @@ pub fn io_local_resource(e: &(dyn std::error::Error + 'static)) -> Option<LocalR
     None
 }
 
+/// Whether this process is short of file descriptors right now: opens (and closes) `/dev/null`.
+/// For errors that hide the cause, such as a failed name lookup.
+pub fn fd_shortage_now() -> Option<LocalResource> {
+    match std::fs::File::open("/dev/null") {
+        Ok(_) => None,
+        Err(e) => e.raw_os_error().and_then(LocalResource::from_errno),
+    }
+}
+
 /// Whether a Pingora error (typically from connecting to an upstream, in `fail_to_connect` or
 /// `fail_to_proxy`) is the gateway's own resource shortage rather than the server's fault.
 ///

@@ -64,6 +64,7 @@ fn gateway(upstreams: Vec<Upstream>) -> GatewayConfig {
             body_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
+            max_connections: None,
         },
         limit_req_status: 429,
         limit_conn_status: 429,
