@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
+use pingora::protocols::TcpKeepalive;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 
@@ -761,7 +762,14 @@ impl ProxyHttp for Gateway {
         opts.total_connection_timeout = Some(up.connect_timeout.min(remaining));
         opts.read_timeout = Some(up.read_timeout.min(remaining));
         opts.write_timeout = Some(up.write_timeout.min(remaining));
-        opts.idle_timeout = Some(Duration::from_secs(60));
+        opts.idle_timeout = Some(up.keepalive_idle_timeout);
+        opts.tcp_keepalive = up.tcp_keepalive.map(|k| TcpKeepalive {
+            idle: k.idle,
+            interval: k.interval,
+            count: k.count as usize,
+            #[cfg(target_os = "linux")]
+            user_timeout: Duration::ZERO,
+        });
         Ok(Box::new(peer))
     }
 

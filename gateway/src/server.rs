@@ -55,6 +55,8 @@ pub fn server_conf(state: &State, opts: &RunOptions) -> ServerConf {
         threads: s.threads,
         grace_period_seconds: Some(s.grace_period_seconds),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
+        work_stealing: s.work_stealing,
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
         max_retries: 11,
         upgrade_sock: opts.upgrade_sock.display().to_string(),
         ..ServerConf::default()

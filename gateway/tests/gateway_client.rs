@@ -247,3 +247,43 @@ async fn an_idle_kept_alive_connection_is_closed_after_keepalive_timeout() {
         "closed after {closed_at:?} of idleness, keepalive_timeout_ms 1000"
     );
 }
+
+/// `client.keepalive_requests` (NGINX's `keepalive_requests`): the n-th request on a connection
+/// is answered with `Connection: close` and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_closed_after_keepalive_requests() {
+    let up = TestUpstream::start("a").await;
+    let gw = GatewayProcess::start(&config(up.addr, "  keepalive_requests: 3", "")).await;
+    let addr = gw.listen;
+    let (answers, closed) = tokio::task::spawn_blocking(move || {
+        let mut conn = RawConn::connect(addr);
+        let answers: Vec<_> = (0..3)
+            .map(|i| conn.get(&format!("/r{i}"), &[]).expect("request"))
+            .collect();
+        (answers, conn.is_closed_within(Duration::from_secs(2)))
+    })
+    .await
+    .unwrap();
+    let connection: Vec<_> = answers
+        .iter()
+        .map(|r| {
+            (
+                r.status,
+                r.header("connection").map(str::to_ascii_lowercase),
+            )
+        })
+        .collect();
+    assert_eq!(
+        connection,
+        [
+            (200, Some("keep-alive".to_string())),
+            (200, Some("keep-alive".to_string())),
+            (200, Some("close".to_string())),
+        ]
+    );
+    assert!(
+        closed,
+        "the connection stays open after the last allowed request"
+    );
+    assert_eq!(up.hits(), 3);
+}

@@ -152,6 +152,18 @@ fn every_problem_names_its_key_path() {
             "client.header_timeout_ms: must be between 1 and",
         ),
         (
+            "server: { work_stealing: 1 }",
+            "server.work_stealing: expected",
+        ),
+        (
+            "server: { upstream_keepalive_pool_size: 0 }",
+            "server.upstream_keepalive_pool_size: must be between 1 and",
+        ),
+        (
+            "client: { keepalive_requests: 0 }",
+            "client.keepalive_requests: must be between 1 and",
+        ),
+        (
             "client: { max_connections: 0 }",
             "client.max_connections: must be between 1 and",
         ),
@@ -206,6 +218,26 @@ fn every_problem_names_its_key_path() {
         (
             "upstreams:\n  v: { servers: [\"a:1\"], queue: 5 }",
             "upstreams.v.queue_timeout_ms: must be > 0 when queue > 0",
+        ),
+        (
+            "upstreams:\n  v: { servers: [\"a:1\"], keepalive_idle_timeout_ms: 0 }",
+            "upstreams.v.keepalive_idle_timeout_ms: must be between 1 and",
+        ),
+        (
+            "upstreams:\n  v: { servers: [\"a:1\"], tcp_keepalive: { idle_ms: 5000, count: 3 } }",
+            "upstreams.v.tcp_keepalive.interval_ms: ",
+        ),
+        (
+            "upstreams:\n  v: { servers: [\"a:1\"], tcp_keepalive: { idle_ms: 500, interval_ms: 1000, count: 3 } }",
+            "upstreams.v.tcp_keepalive.idle_ms: must be between 1000 and",
+        ),
+        (
+            "upstreams:\n  v: { servers: [\"a:1\"], tcp_keepalive: { idle_ms: 5000, interval_ms: 1000, count: 0 } }",
+            "upstreams.v.tcp_keepalive.count: must be between 1 and 127",
+        ),
+        (
+            "upstreams:\n  v: { servers: [\"a:1\"], tcp_keepalive: { idle_ms: 5000, interval_ms: 1000, count: 3, probes: 1 } }",
+            "upstreams.v.tcp_keepalive.probes: unknown key",
         ),
         (
             "upstreams:\n  v: { servers: [\"a:1\"], max_inflight: 0 }",

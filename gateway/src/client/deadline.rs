@@ -95,13 +95,15 @@ const KEEP_CAPACITY: usize = 16 * 1024;
 /// At most this much of a request line is kept for the access log.
 const REQUEST_LINE_MAX: usize = 256;
 
-/// The head limits of one connection (read when it is accepted, so reloads apply to new ones).
+/// The limits of one connection (read when it is accepted, so reloads apply to new ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeadLimits {
     /// `client.header_timeout`: the whole head must arrive within this.
     pub header_timeout: Duration,
     /// `client.max_header_bytes`: request line to blank line, inclusive.
     pub max_header_bytes: usize,
+    /// `client.keepalive_requests`: requests served on the connection before it is closed.
+    pub keepalive_requests: u32,
 }
 
 /// Where connections take their limits from and count their answers.
@@ -211,9 +213,10 @@ where
             }
         };
         let shared = Arc::new(ConnShared::default());
+        let limits = self.policy.head_limits();
         let wrapped = DeadlineStream::new(
             stream,
-            self.policy.head_limits(),
+            limits,
             Arc::clone(&self.policy),
             Arc::clone(&shared),
         );
@@ -228,6 +231,10 @@ where
                 // would close a slow head quietly, without the 408, if header_timeout_ms > 60 s.)
                 session.set_keepalive(Some(0));
             }
+            // Pingora counts reuses: the first request plus `n - 1` reuses is `n` requests, and
+            // the last one is answered with `Connection: close`.
+            session
+                .set_keepalive_reuses_remaining(Some(limits.keepalive_requests.saturating_sub(1)));
             let mut result = self.proxy.process_new_http(session, shutdown).await;
             while let Some((stream, persistent)) = result.map(|r| r.consume()) {
                 shared.expect_head.store(true, Ordering::Release);
@@ -1123,6 +1130,7 @@ mod tests {
             limits: HeadLimits {
                 header_timeout: Duration::from_millis(timeout_ms),
                 max_header_bytes,
+                keepalive_requests: 1000,
             },
             connections: ConnectionCounter::new(),
         });

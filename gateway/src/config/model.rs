@@ -48,6 +48,23 @@ pub struct ServerSettings {
     pub grace_period_seconds: u64,
     /// Seconds the graceful shutdown may last (default 5).
     pub graceful_shutdown_timeout_seconds: u64,
+    /// Pingora's `work_stealing`: one runtime whose threads steal each other's tasks (default
+    /// true, Pingora's default), or one single-threaded runtime per thread.
+    pub work_stealing: bool,
+    /// Pingora's `upstream_keepalive_pool_size`: idle upstream connections kept for reuse,
+    /// across all upstreams (default 128, Pingora's default).
+    pub upstream_keepalive_pool_size: usize,
+}
+
+/// TCP keepalive probes on upstream connections (`tcp_keepalive:` of an upstream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub count: u32,
 }
 
 /// Client-side protections (`client:` section).
@@ -65,6 +82,9 @@ pub struct ClientSettings {
     /// How long a kept-alive connection may sit idle between requests (default 60 s; Pingora
     /// counts whole seconds, so this is rounded up).
     pub keepalive_timeout: Duration,
+    /// Requests served on one connection before it is closed, like NGINX's
+    /// `keepalive_requests` (default 1000).
+    pub keepalive_requests: u32,
     /// Peers whose `X-Forwarded-For` is believed (default none).
     pub trusted_proxies: Vec<IpNet>,
     /// Open client connections served at once; past it a new connection gets 503 and is closed.
@@ -248,6 +268,11 @@ pub struct Upstream {
     pub circuit_breaker: CircuitBreakerSettings,
     /// Upstream statuses counted as failures (default `[500, 502, 504]`; 503 is deliberate shedding).
     pub failure_statuses: Vec<u16>,
+    /// How long an idle connection to a server is kept in Pingora's pool for reuse (default
+    /// 60 s).
+    pub keepalive_idle_timeout: Duration,
+    /// TCP keepalive probes on connections to the servers (default off).
+    pub tcp_keepalive: Option<TcpKeepalive>,
 }
 
 /// A route's use of a `limit_req` zone.

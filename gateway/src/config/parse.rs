@@ -178,11 +178,16 @@ fn server(v: Option<&Value>, p: &mut Problems) -> ServerSettings {
     let grace_period_seconds = m.uint("grace_period_seconds", 1, 0, 3600, p);
     let graceful_shutdown_timeout_seconds =
         m.uint("graceful_shutdown_timeout_seconds", 5, 0, 3600, p);
+    let work_stealing = m.boolean("work_stealing", true, p);
+    let upstream_keepalive_pool_size =
+        m.uint("upstream_keepalive_pool_size", 128, 1, 1_000_000, p) as usize;
     m.finish(p);
     ServerSettings {
         threads,
         grace_period_seconds,
         graceful_shutdown_timeout_seconds,
+        work_stealing,
+        upstream_keepalive_pool_size,
     }
 }
 
@@ -213,6 +218,7 @@ fn client(v: Option<&Value>, p: &mut Problems) -> ClientSettings {
     let max_body_bytes = m.uint("max_body_bytes", 65_536, 0, u64::MAX, p);
     let body_timeout = millis(&mut m, "body_timeout_ms", 10_000, 1, p);
     let keepalive_timeout = millis(&mut m, "keepalive_timeout_ms", 60_000, 1000, p);
+    let keepalive_requests = m.uint("keepalive_requests", 1000, 1, 1_000_000_000, p) as u32;
     let max_header_bytes = m.uint(
         "max_header_bytes",
         65_536,
@@ -241,6 +247,7 @@ fn client(v: Option<&Value>, p: &mut Problems) -> ClientSettings {
         max_body_bytes,
         body_timeout,
         keepalive_timeout,
+        keepalive_requests,
         trusted_proxies,
         max_connections: (max_connections > 0).then_some(max_connections as usize),
     }
@@ -476,6 +483,10 @@ fn upstream(name: &str, path: &str, v: &Value, p: &mut Problems) -> Option<Upstr
     let read_timeout = millis(&mut m, "read_timeout_ms", 16_000, 1, p);
     let write_timeout = millis(&mut m, "write_timeout_ms", 5_000, 1, p);
     let retries = m.uint("retries", 1, 0, 10, p) as u32;
+    let keepalive_idle_timeout = millis(&mut m, "keepalive_idle_timeout_ms", 60_000, 1, p);
+    let tcp_keepalive = m
+        .get("tcp_keepalive")
+        .map(|_| tcp_keepalive(&m.key_path("tcp_keepalive"), m.get("tcp_keepalive"), p));
 
     let hc_path = m.key_path("health_check");
     let mut hc = Map::open(m.get("health_check"), &hc_path, p);
@@ -554,7 +565,28 @@ fn upstream(name: &str, path: &str, v: &Value, p: &mut Problems) -> Option<Upstr
         outlier,
         circuit_breaker,
         failure_statuses,
+        keepalive_idle_timeout,
+        tcp_keepalive,
     })
+}
+
+/// An upstream's `tcp_keepalive: {idle_ms, interval_ms, count}` (all required: there is no
+/// sensible default for one without the others).
+fn tcp_keepalive(path: &str, v: Option<&Value>, p: &mut Problems) -> TcpKeepalive {
+    let mut m = Map::open(v, path, p);
+    for key in ["idle_ms", "interval_ms", "count"] {
+        m.required(key, p);
+    }
+    // The kernel counts whole seconds (TCP_KEEPIDLE, TCP_KEEPINTVL).
+    let idle = millis(&mut m, "idle_ms", 1000, 1000, p);
+    let interval = millis(&mut m, "interval_ms", 1000, 1000, p);
+    let count = m.uint("count", 1, 1, 127, p) as u32;
+    m.finish(p);
+    TcpKeepalive {
+        idle,
+        interval,
+        count,
+    }
 }
 
 fn route(path: &str, v: &Value, known: &Known, p: &mut Problems) -> Option<Route> {

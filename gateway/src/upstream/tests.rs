@@ -45,6 +45,8 @@ fn upstream(name: &str, ports: &[u16]) -> Upstream {
             open: Duration::from_millis(200),
         },
         failure_statuses: vec![500, 502, 504],
+        keepalive_idle_timeout: Duration::from_secs(60),
+        tcp_keepalive: None,
     }
 }
 
@@ -54,6 +56,8 @@ fn gateway(upstreams: Vec<Upstream>) -> GatewayConfig {
             threads: 1,
             grace_period_seconds: 1,
             graceful_shutdown_timeout_seconds: 1,
+            work_stealing: true,
+            upstream_keepalive_pool_size: 128,
         },
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -63,6 +67,7 @@ fn gateway(upstreams: Vec<Upstream>) -> GatewayConfig {
             max_body_bytes: 65536,
             body_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            keepalive_requests: 1000,
             trusted_proxies: Vec::new(),
             max_connections: None,
         },
