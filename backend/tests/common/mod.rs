@@ -2,6 +2,7 @@
 //! Every process is killed when its handle drops, so a failing test leaves nothing behind.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -27,12 +28,43 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until something accepts TCP connections on `port`, up to `timeout`.
+///
+/// A connection whose local and peer addresses are the same is not an answer: with nobody
+/// listening yet, a connect to a port in the ephemeral range can pick that very port as its source
+/// and connect to itself (TCP simultaneous open), which once let a test talk to a redis-server
+/// that was not up yet.
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return true;
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            if s.local_addr().ok() != s.peer_addr().ok() {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Waits until a redis-server on `port` answers `PING` with `+PONG`, up to `timeout`; false at
+/// once if `child` exited (it could not bind the port).
+fn wait_for_redis(port: u16, child: &mut Child, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut reply = [0u8; 7];
+            if s.write_all(b"PING\r\n").is_ok()
+                && s.read_exact(&mut reply).is_ok()
+                && &reply == b"+PONG\r\n"
+            {
+                return true;
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -48,20 +80,27 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts redis-server (must be on PATH) and waits until it accepts connections.
+    /// A port it cannot bind (taken meanwhile, e.g. as the source port of some connection) is
+    /// replaced by another.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let mut server = Self {
-            port,
+            port: free_port(),
             child: None,
             dir,
         };
-        server.spawn();
-        server
+        for _ in 0..5 {
+            if server.try_spawn() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("redis-server did not start on 5 ports in a row");
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+    /// Starts the server on `self.port`; false (and nothing running) if it does not answer.
+    fn try_spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -78,9 +117,18 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server not found on PATH (apt-get install redis-server)");
-        self.child = Some(child);
+        if wait_for_redis(self.port, &mut child, Duration::from_secs(10)) {
+            self.child = Some(child);
+            return true;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    fn spawn(&mut self) {
         assert!(
-            wait_for_port(self.port, Duration::from_secs(10)),
+            self.try_spawn(),
             "redis-server did not start on port {}",
             self.port
         );
