@@ -51,6 +51,16 @@ enum Carry {
     Plain { parent: isize },
 }
 
+/// One open flow collection.
+#[derive(Debug, Clone, Copy)]
+struct FlowLevel {
+    /// `[` (else `{`).
+    seq: bool,
+    /// The current entry of this sequence is a single-pair mapping (a `:` or `?` indicator was
+    /// seen in it): one level more, until `,` or `]`.
+    pair: bool,
+}
+
 /// What opened a block level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -63,8 +73,8 @@ enum Kind {
 /// The pre-scan's state across lines.
 struct Scanner {
     limit: usize,
-    /// Open flow collections.
-    flow: usize,
+    /// Open flow collections, innermost last.
+    flow: Vec<FlowLevel>,
     /// The open block collections: column and kind, columns increasing (equal only for a
     /// sequence written at its parent key's column).
     block: Vec<(usize, Kind)>,
@@ -86,7 +96,7 @@ struct Scanner {
 pub fn check_nesting(text: &str, limit: usize) -> Result<(), TooDeep> {
     let mut s = Scanner {
         limit,
-        flow: 0,
+        flow: Vec::new(),
         block: Vec::new(),
         carry: Carry::None,
         flow_node_start: true,
@@ -143,7 +153,12 @@ fn blank_after(line: &[u8], i: usize) -> bool {
 
 impl Scanner {
     fn depth(&self) -> usize {
-        self.block.len() + self.flow
+        self.block.len()
+            + self
+                .flow
+                .iter()
+                .map(|f| 1 + usize::from(f.pair))
+                .sum::<usize>()
     }
 
     /// Column of the innermost open block collection (-1 at the top level).
@@ -169,8 +184,11 @@ impl Scanner {
         Ok(())
     }
 
-    fn open_flow(&mut self, col: usize) -> Result<(), usize> {
-        self.flow += 1;
+    fn open_flow(&mut self, col: usize, opener: u8) -> Result<(), usize> {
+        self.flow.push(FlowLevel {
+            seq: opener == b'[',
+            pair: false,
+        });
         self.flow_node_start = true;
         if self.depth() > self.limit {
             return Err(col);
@@ -224,7 +242,7 @@ impl Scanner {
             }
             Carry::None => {}
         }
-        if self.flow > 0 {
+        if !self.flow.is_empty() {
             return self.rest(line, 0, self.flow_node_start);
         }
         // Block context: indentation decides which block levels are still open.
@@ -276,9 +294,9 @@ impl Scanner {
             if b == b'#' && (i == 0 || is_blank(line[i - 1])) {
                 return Ok(());
             }
-            if self.flow > 0 {
+            if !self.flow.is_empty() {
                 i = self.flow_token(line, i)?;
-                if self.flow == 0 {
+                if self.flow.is_empty() {
                     // The outermost flow collection closed: a complete node.
                     node_start = false;
                     if let Some(col) = flow_at.take() {
@@ -308,7 +326,7 @@ impl Scanner {
                 }
                 b'[' | b'{' => {
                     flow_at = Some(i);
-                    self.open_flow(i)?;
+                    self.open_flow(i, b)?;
                     i += 1;
                 }
                 b'\'' | b'"' => {
@@ -409,20 +427,38 @@ impl Scanner {
         }
     }
 
+    /// A `?` or `:` indicator at column `col` in flow context: inside a flow sequence it makes
+    /// the entry a single-pair mapping (`[a: b]` is a sequence holding the mapping `{a: b}`), one
+    /// level deeper until the entry ends.
+    fn flow_pair(&mut self, col: usize) -> Result<(), usize> {
+        if let Some(level) = self.flow.last_mut() {
+            if level.seq && !level.pair {
+                level.pair = true;
+                if self.depth() > self.limit {
+                    return Err(col);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One token in flow context starting at the non-blank `line[i]`; returns where to go on.
     fn flow_token(&mut self, line: &[u8], mut i: usize) -> Result<usize, usize> {
         let b = line[i];
         match b {
             b'[' | b'{' => {
-                self.open_flow(i)?;
+                self.open_flow(i, b)?;
                 return Ok(i + 1);
             }
             b']' | b'}' => {
-                self.flow -= 1;
+                self.flow.pop();
                 self.flow_node_start = false;
                 return Ok(i + 1);
             }
             b',' => {
+                if let Some(level) = self.flow.last_mut() {
+                    level.pair = false;
+                }
                 self.flow_node_start = true;
                 return Ok(i + 1);
             }
@@ -433,6 +469,7 @@ impl Scanner {
                 .get(i + 1)
                 .is_none_or(|&c| is_blank(c) || is_flow_indicator(c))
         {
+            self.flow_pair(i)?;
             self.flow_node_start = true;
             return Ok(i + 1);
         }
@@ -442,6 +479,7 @@ impl Scanner {
                     self.flow_node_start = false;
                     // JSON-like `"key":value`: a `:` right after a quoted key is an indicator.
                     if line.get(end) == Some(&b':') {
+                        self.flow_pair(end)?;
                         self.flow_node_start = true;
                         Ok(end + 1)
                     } else {
@@ -532,6 +570,21 @@ mod tests {
         );
         let unclosed = "{a: ".repeat(50_000);
         assert!(check_nesting(&unclosed, 64).is_err());
+    }
+
+    /// `[a: b]` is a sequence holding a single-pair mapping: two levels, as libyaml builds it
+    /// (found by the config fuzz target: `[[k: [[<<: 1]]]]` passed as 5 levels, libyaml built 7).
+    #[test]
+    fn single_pair_mappings_in_flow_sequences_are_a_level() {
+        assert_eq!(depth("[a: 1]\n"), 2);
+        assert_eq!(depth("[a: [b: [c: 1]]]\n"), 6);
+        assert_eq!(depth("[a, b: [1], c]\n"), 3);
+        assert_eq!(depth("[? a : 1]\n"), 2);
+        assert_eq!(depth("[\"a\":1]\n"), 2);
+        assert_eq!(depth("{a: [1], b: 2}\n"), 2);
+        assert_eq!(depth("a#: [[1a:x#: [[<<: 1]]\r]]\r\n"), 7);
+        let deep = "[a: ".repeat(40);
+        assert!(check_nesting(&deep, 64).is_err());
     }
 
     #[test]
