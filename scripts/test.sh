@@ -29,6 +29,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_pkgs+=(nginx-light
 command -v wrk >/dev/null || need_pkgs+=(wrk)
 command -v curl >/dev/null || need_pkgs+=(curl)
 command -v slowhttptest >/dev/null || need_pkgs+=(slowhttptest)
+command -v ss >/dev/null || [ -x /usr/sbin/ss ] || need_pkgs+=(iproute2)  # gateway_pingora_knobs reads socket timers
 command -v python3 >/dev/null || need_pkgs+=(python3)
 python3 -c 'import ensurepip' 2>/dev/null || need_pkgs+=(python3-venv)
 command -v chromium >/dev/null || need_pkgs+=(chromium)
