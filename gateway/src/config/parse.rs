@@ -484,9 +484,10 @@ fn upstream(name: &str, path: &str, v: &Value, p: &mut Problems) -> Option<Upstr
     let write_timeout = millis(&mut m, "write_timeout_ms", 5_000, 1, p);
     let retries = m.uint("retries", 1, 0, 10, p) as u32;
     let keepalive_idle_timeout = millis(&mut m, "keepalive_idle_timeout_ms", 60_000, 1, p);
+    let tcp_keepalive_path = m.key_path("tcp_keepalive");
     let tcp_keepalive = m
         .get("tcp_keepalive")
-        .map(|_| tcp_keepalive(&m.key_path("tcp_keepalive"), m.get("tcp_keepalive"), p));
+        .map(|v| tcp_keepalive(&tcp_keepalive_path, v, p));
 
     let hc_path = m.key_path("health_check");
     let mut hc = Map::open(m.get("health_check"), &hc_path, p);
@@ -572,8 +573,8 @@ fn upstream(name: &str, path: &str, v: &Value, p: &mut Problems) -> Option<Upstr
 
 /// An upstream's `tcp_keepalive: {idle_ms, interval_ms, count}` (all required: there is no
 /// sensible default for one without the others).
-fn tcp_keepalive(path: &str, v: Option<&Value>, p: &mut Problems) -> TcpKeepalive {
-    let mut m = Map::open(v, path, p);
+fn tcp_keepalive(path: &str, v: &Value, p: &mut Problems) -> TcpKeepalive {
+    let mut m = Map::open(Some(v), path, p);
     for key in ["idle_ms", "interval_ms", "count"] {
         m.required(key, p);
     }
