@@ -5,20 +5,20 @@ use std::fmt;
 use std::net::IpAddr;
 
 /// What the limiters did with a request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum LimiterNote {
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LimiterNote<'a> {
     /// No limit applied, or all passed at once.
     #[default]
     Pass,
     /// Held by `limit_req` for this many milliseconds.
     Delayed(u64),
     /// Rejected by this zone (`limit_req` or `limit_conn`).
-    Rejected(String),
+    Rejected(&'a str),
     /// A dry-run zone would have rejected.
-    DryRun(String),
+    DryRun(&'a str),
 }
 
-impl fmt::Display for LimiterNote {
+impl fmt::Display for LimiterNote<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LimiterNote::Pass => f.write_str("pass"),
@@ -49,7 +49,7 @@ pub struct Entry<'a> {
     /// Duration in milliseconds.
     pub duration_ms: f64,
     /// Limiter decision.
-    pub limiter: &'a LimiterNote,
+    pub limiter: LimiterNote<'a>,
     /// Where the `limit_req` decision was taken: `-`, `local`, `cluster` or `fallback`.
     pub limit_scope: &'a str,
     /// Error, if the request failed.
@@ -107,7 +107,7 @@ pub fn write_early(e: &EarlyEntry<'_>) {
         upstream_server: None,
         status: e.status,
         duration_ms: e.duration_ms,
-        limiter: &LimiterNote::Pass,
+        limiter: LimiterNote::Pass,
         limit_scope: "-",
         error: Some(e.reason),
     });

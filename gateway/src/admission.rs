@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 
+use crate::access_log::LimiterNote;
 use crate::config::model::Route;
 use crate::limit::req::{self, ReqCheck, ReqDecision, StoredState};
 use crate::limit::{resolve_key, ConnPermit, LimitKeyValue, LimitStore, RateLimitHeaders};
+use crate::metrics::Metrics;
 use crate::state::RouteRuntime;
 
 /// Where a request's `limit_req` decision was taken, for the access log (SPEC §10.1).
@@ -330,13 +332,12 @@ pub async fn limit_req_cluster(
     (outcome(decision), scope)
 }
 
-/// What `limit_conn` decided for one request.
-#[derive(Debug)]
+/// What `limit_conn` decided for one request (the permits are handed out separately: they are
+/// held, this is recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnOutcome {
-    /// Proceed; keep the permits until the request ends.
+    /// Proceed.
     Pass {
-        /// One permit per enforcing zone the request is counted in.
-        permits: Vec<ConnPermit>,
         /// Dry-run zones that would have rejected.
         dry_run_rejected: Vec<String>,
     },
@@ -347,13 +348,14 @@ pub enum ConnOutcome {
     },
 }
 
-/// Counts the request in every `limit_conn` zone of the route, or rejects it.
+/// Counts the request in every `limit_conn` zone of the route, or rejects it. On a pass, the
+/// permits (one per enforcing zone the request is counted in) are to be kept until it ends.
 pub fn limit_conn(
     route: &Route,
     rt: &RouteRuntime,
     client_ip: IpAddr,
     headers: &HeaderMap,
-) -> ConnOutcome {
+) -> (ConnOutcome, Vec<ConnPermit>) {
     let mut permits = Vec::new();
     let mut dry_run_rejected = Vec::new();
     for (rule, zone) in route.limit_conn.iter().zip(rt.conn_zones.iter()) {
@@ -366,14 +368,177 @@ pub fn limit_conn(
             Ok(permit) => permits.push(permit),
             Err(rejected) if rule.dry_run => dry_run_rejected.push(rejected.zone().to_string()),
             Err(rejected) => {
-                return ConnOutcome::Reject {
-                    zone: rejected.zone().to_string(),
-                }
+                let zone = rejected.zone().to_string();
+                // The permits taken so far are released here: the request goes no further.
+                return (ConnOutcome::Reject { zone }, Vec::new());
             }
         }
     }
-    ConnOutcome::Pass {
-        permits,
-        dry_run_rejected,
+    (ConnOutcome::Pass { dry_run_rejected }, permits)
+}
+
+/// Everything the limits decided about one request, recorded once and read by the answer, the
+/// access log (its `limiter` and `limit_scope` fields) and the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitRecord {
+    /// Where the `limit_req` decision was taken.
+    pub scope: LimitScope,
+    /// The `limit_req` outcome, once checked.
+    pub req: Option<ReqOutcome>,
+    /// The `limit_conn` outcome, once checked.
+    pub conn: Option<ConnOutcome>,
+}
+
+impl LimitRecord {
+    /// The limiter field of the access log: a rejection, else a delay, else the first dry-run
+    /// zone that would have rejected (`limit_req` before `limit_conn`), else a pass.
+    pub fn note(&self) -> LimiterNote<'_> {
+        if let Some(ConnOutcome::Reject { zone }) = &self.conn {
+            return LimiterNote::Rejected(zone);
+        }
+        let conn_dry_run = match &self.conn {
+            Some(ConnOutcome::Pass { dry_run_rejected }) => dry_run_rejected.first(),
+            _ => None,
+        };
+        match &self.req {
+            Some(ReqOutcome::Reject { zone, .. }) => LimiterNote::Rejected(zone),
+            Some(ReqOutcome::Pass { delay, .. }) if !delay.is_zero() => {
+                LimiterNote::Delayed(delay.as_millis() as u64)
+            }
+            Some(ReqOutcome::Pass {
+                dry_run_rejected, ..
+            }) => match dry_run_rejected.first().or(conn_dry_run) {
+                Some(zone) => LimiterNote::DryRun(zone),
+                None => LimiterNote::Pass,
+            },
+            None => conn_dry_run.map_or(LimiterNote::Pass, |z| LimiterNote::DryRun(z)),
+        }
+    }
+
+    /// The `RateLimit-Policy` / `RateLimit` values to echo on an upstream's response.
+    pub fn rate_limit_fields(&self) -> Option<&RateLimitFields> {
+        match &self.req {
+            Some(ReqOutcome::Pass { fields, .. }) => fields.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Counts the record in the limiter metrics (rejected, delayed and dry-run, per zone).
+    pub fn count(&self, m: &Metrics) {
+        match &self.req {
+            Some(ReqOutcome::Reject { zone, .. }) => {
+                m.ratelimit_rejected.with_label_values(&[zone]).inc()
+            }
+            Some(ReqOutcome::Pass {
+                delay,
+                delayed_zone,
+                dry_run_rejected,
+                ..
+            }) => {
+                if let (false, Some(z)) = (delay.is_zero(), delayed_zone) {
+                    m.ratelimit_delayed.with_label_values(&[z]).inc();
+                }
+                for z in dry_run_rejected {
+                    m.ratelimit_dry_run.with_label_values(&[z]).inc();
+                }
+            }
+            None => {}
+        }
+        match &self.conn {
+            Some(ConnOutcome::Reject { zone }) => {
+                m.limit_conn_rejected.with_label_values(&[zone]).inc()
+            }
+            Some(ConnOutcome::Pass { dry_run_rejected }) => {
+                for z in dry_run_rejected {
+                    m.limit_conn_dry_run.with_label_values(&[z]).inc();
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pass(delay_ms: u64, delayed: Option<&str>, dry_run: &[&str]) -> ReqOutcome {
+        ReqOutcome::Pass {
+            delay: Duration::from_millis(delay_ms),
+            delayed_zone: delayed.map(str::to_string),
+            dry_run_rejected: dry_run.iter().map(|z| z.to_string()).collect(),
+            fields: None,
+        }
+    }
+
+    fn record(req: Option<ReqOutcome>, conn: Option<ConnOutcome>) -> LimitRecord {
+        LimitRecord {
+            scope: LimitScope::Local,
+            req,
+            conn,
+        }
+    }
+
+    fn conn_pass(dry_run: &[&str]) -> Option<ConnOutcome> {
+        Some(ConnOutcome::Pass {
+            dry_run_rejected: dry_run.iter().map(|z| z.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn the_log_note_names_the_strongest_decision() {
+        assert_eq!(record(None, None).note(), LimiterNote::Pass);
+        assert_eq!(
+            record(Some(pass(0, None, &[])), conn_pass(&[])).note(),
+            LimiterNote::Pass
+        );
+        let reject = ReqOutcome::Reject {
+            zone: "a".into(),
+            retry_after_secs: 1,
+            fields: RateLimitFields {
+                policy: String::new(),
+                state: String::new(),
+            },
+        };
+        assert_eq!(
+            record(Some(reject), None).note(),
+            LimiterNote::Rejected("a")
+        );
+        // A delay outranks the dry runs of both limiters.
+        assert_eq!(
+            record(Some(pass(250, Some("a"), &["d"])), conn_pass(&["c"])).note(),
+            LimiterNote::Delayed(250)
+        );
+        // limit_req's dry run comes before limit_conn's.
+        assert_eq!(
+            record(Some(pass(0, None, &["d"])), conn_pass(&["c"])).note(),
+            LimiterNote::DryRun("d")
+        );
+        assert_eq!(
+            record(Some(pass(0, None, &[])), conn_pass(&["c"])).note(),
+            LimiterNote::DryRun("c")
+        );
+        // A limit_conn rejection outranks what limit_req did before it.
+        let conn_reject = Some(ConnOutcome::Reject { zone: "c".into() });
+        assert_eq!(
+            record(Some(pass(250, Some("a"), &[])), conn_reject).note(),
+            LimiterNote::Rejected("c")
+        );
+    }
+
+    #[test]
+    fn the_record_counts_each_decision_once() {
+        let m = Metrics::new();
+        record(Some(pass(250, Some("a"), &["d"])), conn_pass(&["c"])).count(&m);
+        record(
+            Some(pass(0, None, &[])),
+            Some(ConnOutcome::Reject { zone: "c".into() }),
+        )
+        .count(&m);
+        assert_eq!(m.ratelimit_delayed.with_label_values(&["a"]).get(), 1);
+        assert_eq!(m.ratelimit_dry_run.with_label_values(&["d"]).get(), 1);
+        assert_eq!(m.limit_conn_dry_run.with_label_values(&["c"]).get(), 1);
+        assert_eq!(m.limit_conn_rejected.with_label_values(&["c"]).get(), 1);
+        assert_eq!(m.ratelimit_rejected.with_label_values(&["a"]).get(), 0);
     }
 }

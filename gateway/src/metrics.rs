@@ -4,6 +4,7 @@
 //! `gateway_circuit_state`) are read from the pools' status at scrape time.
 
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -239,6 +240,16 @@ impl Metrics {
         }
     }
 
+    /// The per-request handles of one route label (`none` and `health` included).
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        RouteMetrics {
+            route: route.into(),
+            requests: self.requests.clone(),
+            by_status: (0..STATUSES).map(|_| OnceLock::new()).collect(),
+            duration: self.duration.with_label_values(&[route]),
+        }
+    }
+
     /// The Prometheus text exposition: the registry plus the upstream gauges from `upstreams`.
     pub fn render(&self, upstreams: &UpstreamsStatus) -> String {
         let mut buf = Vec::with_capacity(16 * 1024);
@@ -249,6 +260,38 @@ impl Metrics {
         render_upstreams(&mut out, upstreams);
         render_local_resource_errors(&mut out);
         out
+    }
+}
+
+/// Status codes a route caches handles for: 0 (nothing sent) to 599.
+const STATUSES: usize = 600;
+
+/// A route label's request counters and duration histogram, resolved once so that a request does
+/// not hash its labels, take the family's lock or format its status to find them. Built with
+/// each configuration snapshot; the series themselves live in the registry and survive reloads.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: Box<str>,
+    requests: IntCounterVec,
+    /// `gateway_requests_total{route,status}` by status, resolved on first use.
+    by_status: Box<[OnceLock<IntCounter>]>,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts one request answered with `status` that took `elapsed`.
+    pub fn record(&self, status: u16, elapsed: std::time::Duration) {
+        let status = usize::from(status);
+        match self.by_status.get(status) {
+            Some(cell) => cell.get_or_init(|| self.counter(status)).inc(),
+            None => self.counter(status).inc(),
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    fn counter(&self, status: usize) -> IntCounter {
+        self.requests
+            .with_label_values(&[&*self.route, status.to_string().as_str()])
     }
 }
 
@@ -348,6 +391,35 @@ fn render_local_resource_errors(out: &mut String) {
         let _ = writeln!(
             out,
             "gateway_local_resource_errors_total{{kind=\"{kind}\"}} {n}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(m: &Metrics, route: &str, status: &str) -> u64 {
+        m.requests.with_label_values(&[route, status]).get()
+    }
+
+    #[test]
+    fn route_handles_count_in_the_shared_series() {
+        let m = Metrics::new();
+        let r = m.route("/api/");
+        r.record(200, std::time::Duration::from_millis(3));
+        r.record(200, std::time::Duration::from_millis(3));
+        r.record(0, std::time::Duration::ZERO);
+        // A status past the cache still counts (never sent by Pingora, but not lost either).
+        r.record(999, std::time::Duration::ZERO);
+        // A second set of handles (the next snapshot) adds to the same series.
+        m.route("/api/").record(200, std::time::Duration::ZERO);
+        assert_eq!(count(&m, "/api/", "200"), 3);
+        assert_eq!(count(&m, "/api/", "0"), 1);
+        assert_eq!(count(&m, "/api/", "999"), 1);
+        assert_eq!(
+            m.duration.with_label_values(&["/api/"]).get_sample_count(),
+            5
         );
     }
 }

@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::TcpKeepalive;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, OrErr, Result};
 
-use crate::access_log::{self, LimiterNote};
-use crate::admission::{self, ConnOutcome, LimitScope, RateLimitFields, ReqOutcome};
+use crate::access_log;
+use crate::admission::{self, ConnOutcome, LimitRecord, LimitScope, RateLimitFields, ReqOutcome};
 use crate::client::body::{self as req_body, BodyError, Plan};
 use crate::client::{self, BodyLimit, DeclaredBody};
 use crate::limit::ConnPermit;
@@ -68,10 +69,74 @@ enum Failure {
 struct Attempt {
     index: usize,
     _guard: ServerInflightGuard,
-    /// The outcome was already reported for this attempt.
-    reported: bool,
     /// The attempt's timeouts were cut short by the route deadline.
     capped: bool,
+    /// What the attempt was reported as. An attempt reaches its server's health and the metrics
+    /// once, from whichever hook learns how it ended first.
+    reported: Option<Outcome>,
+}
+
+/// Why the upstream's own guards refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The bulkhead had no slot in time.
+    Bulkhead,
+    /// The circuit breaker is open.
+    Circuit,
+}
+
+/// The admission stage: what the limits, the bulkhead and the breaker decided, and the permits
+/// held until the request ends.
+#[derive(Debug, Default)]
+struct Admission {
+    /// The limiters' decisions (answer, access log, metrics).
+    limits: LimitRecord,
+    /// `limit_conn` permits.
+    conn_permits: Vec<ConnPermit>,
+    /// The bulkhead slot.
+    bulkhead: Option<BulkheadPermit>,
+    /// The breaker permit, settled once with the request's outcome.
+    breaker: Option<BreakerPermit>,
+    /// The bulkhead or the breaker refused the request.
+    refused: Option<Refusal>,
+    /// Time spent before the upstream was asked: limiter delay, receiving the body, bulkhead
+    /// queue. A timeout that this time cut short is not the upstream's failure.
+    local_wait: Duration,
+}
+
+/// The request body.
+#[derive(Debug)]
+struct BodyState {
+    /// Bytes counted against `max_body_bytes`.
+    limit: BodyLimit,
+    /// How the body is handled; `Buffer` once it has been received whole.
+    plan: Plan,
+    /// The body was chunked and received whole: it goes upstream with this `Content-Length`.
+    length: Option<u64>,
+    /// `100 Continue` was sent by the gateway (the upstream is not asked again).
+    continue_sent: bool,
+}
+
+/// The upstream side: the attempts made and the one under way.
+#[derive(Debug, Default)]
+struct Attempts {
+    /// Servers this request failed to connect to (never selected again for it).
+    tried: Vec<usize>,
+    /// The current attempt's server and its in-flight guard.
+    current: Option<Attempt>,
+    /// `host:port` of the last server tried.
+    server: Option<Arc<str>>,
+    /// The last connect failure, for the access log.
+    connect_error: Option<String>,
+}
+
+/// How the request ended when the gateway ended it itself.
+#[derive(Debug, Default)]
+struct Ending {
+    /// Why the gateway ended the request, if it did.
+    failure: Option<Failure>,
+    /// Status of an answer the gateway wrote itself.
+    local_status: Option<u16>,
 }
 
 /// Per-request state. Dropped when the request ends, which releases the `limit_conn` permits,
@@ -83,60 +148,23 @@ pub struct RequestCtx {
     snapshot: Option<Arc<Snapshot>>,
     /// Index of the matched route in `snapshot`.
     route: Option<usize>,
-    /// Metrics label when there is no route (`none`, `health`).
+    /// Route label when there is no route (`none`, `health`).
     route_label: &'static str,
-    /// `X-Request-Id`, kept from the client or generated.
-    request_id: String,
+    /// `X-Request-Id`, kept from the client or generated; one value shared by the upstream
+    /// request, the response and the log.
+    request_id: HeaderValue,
     /// The socket peer.
     peer_ip: Option<IpAddr>,
     /// The client after trusted proxies.
     client_ip: Option<IpAddr>,
     /// The route's whole-request deadline.
     deadline: Option<Instant>,
-    /// Request body bytes counted against `max_body_bytes`.
-    body: BodyLimit,
-    /// How the body is handled; `Buffer` once it has been received whole.
-    body_plan: Plan,
-    /// The body was chunked and received whole: it goes upstream with this `Content-Length`.
-    body_length: Option<u64>,
-    /// `100 Continue` was sent by the gateway (the upstream is not asked again).
-    continue_sent: bool,
     /// The normalized path, when it differs from what the client sent (forwarded instead).
     upstream_path: Option<String>,
-    /// Time spent before the upstream was asked: limiter delay, receiving the body, bulkhead
-    /// queue. A timeout that this time cut short is not the upstream's failure.
-    local_wait: Duration,
-    /// What the limiters did, for the access log.
-    limiter: LimiterNote,
-    /// Where the `limit_req` decision was taken, for the access log.
-    limit_scope: LimitScope,
-    /// Metric bookkeeping, recorded once in `logging`.
-    delayed_zone: Option<String>,
-    dry_run_req: Vec<String>,
-    dry_run_conn: Vec<String>,
-    rejected_req_zone: Option<String>,
-    rejected_conn_zone: Option<String>,
-    bulkhead_rejected: bool,
-    circuit_rejected: bool,
-    /// `RateLimit-Policy` / `RateLimit` values echoed on the response.
-    rate_limit: Option<RateLimitFields>,
-    /// RAII guards held for the whole request.
-    conn_permits: Vec<ConnPermit>,
-    bulkhead: Option<BulkheadPermit>,
-    /// Settled once with the request's outcome.
-    breaker: Option<BreakerPermit>,
-    /// Servers this request failed to connect to (never selected again for it).
-    tried: Vec<usize>,
-    /// The last connect failure, for the access log.
-    connect_error: Option<String>,
-    /// The current attempt's server and its in-flight guard.
-    attempt: Option<Attempt>,
-    /// `host:port` of the last server tried.
-    server: Option<Arc<str>>,
-    /// Why the gateway ended the request itself, if it did.
-    failure: Option<Failure>,
-    /// Status of an answer the gateway wrote itself.
-    local_status: Option<u16>,
+    admission: Admission,
+    body: BodyState,
+    upstream: Attempts,
+    ending: Ending,
 }
 
 impl RequestCtx {
@@ -150,11 +178,16 @@ impl RequestCtx {
         })
     }
 
+    /// The request id as text (it is printable ASCII by construction).
+    fn request_id(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
     /// Whether `e` (or the gateway's own `failure`) says something about the upstream's health.
     /// Only what the upstream did counts: the client's slowness, the gateway's own queueing and
     /// a deadline that ran out before the upstream was asked are neutral.
     fn outcome_of(&self, e: &Error) -> Outcome {
-        let timed_out = match self.failure {
+        let timed_out = match self.ending.failure {
             Some(Failure::Deadline) => true,
             Some(_) => return Outcome::Neutral,
             None if *e.esource() == ErrorSource::Upstream => is_timeout(e),
@@ -163,30 +196,32 @@ impl RequestCtx {
         if !timed_out {
             return Outcome::Failure;
         }
-        match &self.attempt {
+        match &self.upstream.current {
             // The deadline passed before any attempt: all of it was spent in the gateway.
             None => Outcome::Neutral,
             // The attempt had less than its own timeout because of time spent before it.
-            Some(a) if a.capped && !self.local_wait.is_zero() => Outcome::Neutral,
+            Some(a) if a.capped && !self.admission.local_wait.is_zero() => Outcome::Neutral,
             Some(_) => Outcome::Failure,
         }
     }
 
-    /// Reports the current attempt's outcome to its server (once).
-    fn report_attempt(&mut self, state: &State, outcome: Outcome) {
-        let (Some(snap), Some(r)) = (self.snapshot.clone(), self.route) else {
+    /// Ends the current attempt with `outcome` (once): its server's health (passive checks,
+    /// ejection) and `gateway_upstream_requests_total`. The breaker is not touched: a failed
+    /// connect may still be retried on another server.
+    fn end_attempt(&mut self, state: &State, outcome: Outcome) {
+        let (Some(snap), Some(r)) = (self.snapshot.as_deref(), self.route) else {
             return;
         };
-        let Some(attempt) = self.attempt.as_mut() else {
+        let Some(attempt) = self.upstream.current.as_mut() else {
             return;
         };
-        if attempt.reported {
+        if attempt.reported.is_some() {
             return;
         }
-        attempt.reported = true;
+        attempt.reported = Some(outcome);
         snap.routes[r].pool.report(attempt.index, outcome);
         let upstream = snap.config.routes[r].upstream.as_str();
-        let server = self.server.as_deref().unwrap_or("-");
+        let server = self.upstream.server.as_deref().unwrap_or("-");
         state
             .metrics
             .upstream_requests
@@ -194,10 +229,44 @@ impl RequestCtx {
             .inc();
     }
 
-    /// Settles the breaker permit (once) with the request's final outcome.
-    fn settle_breaker(&mut self, outcome: Outcome) {
-        if let Some(permit) = self.breaker.take() {
+    /// Settles the request with its final `outcome`, whichever hook knows it first: the current
+    /// attempt (if not yet reported) and the breaker permit. Later calls change nothing.
+    fn settle(&mut self, state: &State, outcome: Outcome) {
+        self.end_attempt(state, outcome);
+        if let Some(permit) = self.admission.breaker.take() {
             outcome.settle(permit);
+        }
+    }
+
+    /// Counts the ended request: requests and duration of its route, the limiters' decisions,
+    /// the upstream guards' refusals.
+    fn count(&self, state: &State, status: u16) {
+        let current;
+        let snap = match self.snapshot.as_deref() {
+            Some(s) => s,
+            None => {
+                // The request ended before `request_filter` took a snapshot.
+                current = state.snapshot();
+                &current
+            }
+        };
+        let route = self
+            .route
+            .map(|r| (&snap.config.routes[r], &snap.routes[r]));
+        let metrics = match (route, self.route_label) {
+            (Some((_, rt)), _) => &rt.metrics,
+            (None, "health") => &snap.health,
+            (None, _) => &snap.unrouted,
+        };
+        metrics.record(status, self.started.elapsed());
+        let m = &state.metrics;
+        self.admission.limits.count(m);
+        if let (Some(refusal), Some((route, _))) = (self.admission.refused, route) {
+            let family = match refusal {
+                Refusal::Bulkhead => &m.bulkhead_rejected,
+                Refusal::Circuit => &m.circuit_rejected,
+            };
+            family.with_label_values(&[route.upstream.as_str()]).inc();
         }
     }
 }
@@ -210,16 +279,24 @@ fn outcome_label(o: Outcome) -> &'static str {
     }
 }
 
-/// A client-supplied `X-Request-Id` is kept when it is short and printable.
-fn request_id(req: &RequestHeader) -> String {
+/// A client-supplied `X-Request-Id` is kept when it is short and printable; otherwise a UUID v4.
+fn request_id(req: &RequestHeader) -> HeaderValue {
     if let Some(v) = req.headers.get("x-request-id") {
-        if let Ok(s) = v.to_str() {
-            if !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_graphic()) {
-                return s.to_string();
-            }
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 200 && b.iter().all(u8::is_ascii_graphic) {
+            // The client's value itself: no copy.
+            return v.clone();
         }
     }
-    uuid::Uuid::new_v4().to_string()
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// An IP address as a header value.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let text = ip.to_string();
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn is_connect_error(e: &Error) -> bool {
@@ -332,12 +409,12 @@ impl Gateway {
     /// open: the rest of the request body is discarded first (at most `client.max_body_bytes`,
     /// see [`respond::send`]), else the answer closes it.
     async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, answer: Answer) -> bool {
-        ctx.local_status = Some(answer.status);
+        ctx.ending.local_status = Some(answer.status);
         let max_body_bytes = ctx
             .snapshot
             .as_ref()
             .map_or(0, |s| s.config.client.max_body_bytes);
-        match respond::send(session, &answer, &ctx.request_id, max_body_bytes).await {
+        match respond::send(session, &answer, ctx.request_id(), max_body_bytes).await {
             Ok(keep_alive) => keep_alive,
             Err(e) => {
                 tracing::debug!(error = %e, "writing a local answer failed");
@@ -354,11 +431,11 @@ impl Gateway {
         ctx: &mut RequestCtx,
         client: &crate::config::model::ClientSettings,
     ) -> Option<Answer> {
-        ctx.body_plan = req_body::plan(session, client.max_body_bytes);
+        ctx.body.plan = req_body::plan(session, client.max_body_bytes);
         let deadline = ctx
             .deadline
             .unwrap_or_else(|| Instant::now() + client.body_timeout);
-        match ctx.body_plan {
+        match ctx.body.plan {
             Plan::Empty => None,
             Plan::Stream => {
                 // Bounded read by read in `request_body_filter`.
@@ -368,20 +445,21 @@ impl Gateway {
             }
             Plan::Buffer => {
                 let received =
-                    req_body::receive(session, &mut ctx.body, client.body_timeout, deadline).await;
+                    req_body::receive(session, &mut ctx.body.limit, client.body_timeout, deadline)
+                        .await;
                 match received {
                     Ok(r) => {
-                        ctx.local_wait += r.took;
-                        ctx.continue_sent = r.continue_sent;
+                        ctx.admission.local_wait += r.took;
+                        ctx.body.continue_sent = r.continue_sent;
                         let chunked = session
                             .req_header()
                             .headers
                             .contains_key(http::header::TRANSFER_ENCODING);
-                        ctx.body_length = chunked.then_some(r.bytes);
+                        ctx.body.length = chunked.then_some(r.bytes);
                         None
                     }
                     Err(BodyError::TooLarge) => {
-                        ctx.failure = Some(Failure::BodyTooLarge);
+                        ctx.ending.failure = Some(Failure::BodyTooLarge);
                         Some(
                             Answer::error(
                                 413,
@@ -392,7 +470,7 @@ impl Gateway {
                         )
                     }
                     Err(BodyError::TooSlow) => {
-                        ctx.failure = Some(Failure::ClientTimeout);
+                        ctx.ending.failure = Some(Failure::ClientTimeout);
                         Some(request_timeout())
                     }
                     Err(BodyError::Broken(e)) => {
@@ -435,35 +513,20 @@ impl ProxyHttp for Gateway {
             snapshot: None,
             route: None,
             route_label: "none",
-            request_id: String::new(),
+            request_id: HeaderValue::from_static(""),
             peer_ip: None,
             client_ip: None,
             deadline: None,
-            body: BodyLimit::new(u64::MAX),
-            body_plan: Plan::Empty,
-            body_length: None,
-            continue_sent: false,
             upstream_path: None,
-            local_wait: Duration::ZERO,
-            limiter: LimiterNote::Pass,
-            limit_scope: LimitScope::None,
-            delayed_zone: None,
-            dry_run_req: Vec::new(),
-            dry_run_conn: Vec::new(),
-            rate_limit: None,
-            rejected_req_zone: None,
-            rejected_conn_zone: None,
-            conn_permits: Vec::new(),
-            bulkhead: None,
-            bulkhead_rejected: false,
-            breaker: None,
-            circuit_rejected: false,
-            tried: Vec::new(),
-            connect_error: None,
-            attempt: None,
-            server: None,
-            failure: None,
-            local_status: None,
+            admission: Admission::default(),
+            body: BodyState {
+                limit: BodyLimit::new(u64::MAX),
+                plan: Plan::Empty,
+                length: None,
+                continue_sent: false,
+            },
+            upstream: Attempts::default(),
+            ending: Ending::default(),
         }
     }
 
@@ -537,9 +600,9 @@ impl ProxyHttp for Gateway {
         ctx.client_ip = Some(client_ip);
 
         // Body size announced in the head.
-        ctx.body = BodyLimit::new(cfg.client.max_body_bytes);
-        if let DeclaredBody::TooLarge(_) = ctx.body.declared(&session.req_header().headers) {
-            ctx.failure = Some(Failure::BodyTooLarge);
+        ctx.body.limit = BodyLimit::new(cfg.client.max_body_bytes);
+        if let DeclaredBody::TooLarge(_) = ctx.body.limit.declared(&session.req_header().headers) {
+            ctx.ending.failure = Some(Failure::BodyTooLarge);
             let a = Answer::error(
                 413,
                 "payload_too_large",
@@ -552,6 +615,7 @@ impl ProxyHttp for Gateway {
 
         // limit_req: all zones checked, committed only if all pass. Routes with cluster zones
         // ask the shared store (at most timeout_ms, then their local fallback).
+        let limits = &mut ctx.admission.limits;
         let decision = if rt.cluster {
             let (d, scope) = admission::limit_req_cluster(
                 route,
@@ -561,11 +625,11 @@ impl ProxyHttp for Gateway {
                 &self.state.store,
             )
             .await;
-            ctx.limit_scope = scope;
+            limits.scope = scope;
             d
         } else {
             if !route.limit_req.is_empty() {
-                ctx.limit_scope = LimitScope::Local;
+                limits.scope = LimitScope::Local;
             }
             admission::limit_req(
                 route,
@@ -575,59 +639,39 @@ impl ProxyHttp for Gateway {
                 Instant::now(),
             )
         };
+        let decision = limits.req.insert(decision);
         match decision {
             ReqOutcome::Reject {
                 zone,
                 retry_after_secs,
                 fields,
             } => {
-                let a =
-                    Self::rejection(cfg.limit_req_status, &zone, retry_after_secs, Some(&fields));
-                ctx.limiter = LimiterNote::Rejected(zone.clone());
-                ctx.rejected_req_zone = Some(zone);
+                let a = Self::rejection(
+                    cfg.limit_req_status,
+                    zone,
+                    *retry_after_secs,
+                    Some(&*fields),
+                );
                 self.answer(session, ctx, a).await;
                 return Ok(true);
             }
-            ReqOutcome::Pass {
-                delay,
-                delayed_zone,
-                dry_run_rejected,
-                fields,
-            } => {
-                if let Some(z) = dry_run_rejected.first() {
-                    ctx.limiter = LimiterNote::DryRun(z.clone());
-                }
-                ctx.dry_run_req = dry_run_rejected;
-                ctx.rate_limit = fields;
-                if !delay.is_zero() {
-                    ctx.limiter = LimiterNote::Delayed(delay.as_millis() as u64);
-                    ctx.delayed_zone = delayed_zone;
-                    let delay = delay.min(ctx.remaining());
-                    ctx.local_wait += delay;
-                    tokio::time::sleep(delay).await;
-                }
+            ReqOutcome::Pass { delay, .. } if !delay.is_zero() => {
+                let delay = *delay;
+                let delay = delay.min(ctx.remaining());
+                ctx.admission.local_wait += delay;
+                tokio::time::sleep(delay).await;
             }
+            ReqOutcome::Pass { .. } => {}
         }
 
         // limit_conn: the permits live in the context until the request ends.
-        match admission::limit_conn(route, rt, client_ip, &session.req_header().headers) {
-            ConnOutcome::Reject { zone } => {
-                let a = Self::rejection(cfg.limit_conn_status, &zone, 1, None);
-                ctx.limiter = LimiterNote::Rejected(zone.clone());
-                ctx.rejected_conn_zone = Some(zone);
-                self.answer(session, ctx, a).await;
-                return Ok(true);
-            }
-            ConnOutcome::Pass {
-                permits,
-                dry_run_rejected,
-            } => {
-                ctx.conn_permits = permits;
-                if let (LimiterNote::Pass, Some(z)) = (&ctx.limiter, dry_run_rejected.first()) {
-                    ctx.limiter = LimiterNote::DryRun(z.clone());
-                }
-                ctx.dry_run_conn = dry_run_rejected;
-            }
+        let (decision, permits) =
+            admission::limit_conn(route, rt, client_ip, &session.req_header().headers);
+        ctx.admission.conn_permits = permits;
+        if let ConnOutcome::Reject { zone } = ctx.admission.limits.conn.insert(decision) {
+            let a = Self::rejection(cfg.limit_conn_status, zone, 1, None);
+            self.answer(session, ctx, a).await;
+            return Ok(true);
         }
 
         // The body, received whole before the request may take upstream capacity.
@@ -640,11 +684,11 @@ impl ProxyHttp for Gateway {
         let pool = Arc::clone(&rt.pool);
         let queued = Instant::now();
         let slot = tokio::time::timeout(ctx.remaining(), pool.acquire_slot()).await;
-        ctx.local_wait += queued.elapsed();
+        ctx.admission.local_wait += queued.elapsed();
         match slot {
-            Ok(Ok(permit)) => ctx.bulkhead = Some(permit),
+            Ok(Ok(permit)) => ctx.admission.bulkhead = Some(permit),
             Ok(Err(_)) | Err(_) => {
-                ctx.bulkhead_rejected = true;
+                ctx.admission.refused = Some(Refusal::Bulkhead);
                 let a = Answer::error(503, "upstream_overloaded", "the upstream is at capacity")
                     .field("upstream", route.upstream.as_str())
                     .header("retry-after", "1");
@@ -655,9 +699,9 @@ impl ProxyHttp for Gateway {
 
         // Circuit breaker.
         match pool.breaker() {
-            Ok(permit) => ctx.breaker = Some(permit),
+            Ok(permit) => ctx.admission.breaker = Some(permit),
             Err(open) => {
-                ctx.circuit_rejected = true;
+                ctx.admission.refused = Some(Refusal::Circuit);
                 let secs = open.retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 let a = Answer::error(
                     503,
@@ -680,7 +724,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        if ctx.body_plan != Plan::Stream {
+        if ctx.body.plan != Plan::Stream {
             // Received and counted whole in `request_filter` (this is it, from the buffer).
             return Ok(());
         }
@@ -692,7 +736,7 @@ impl ProxyHttp for Gateway {
                 .map_or(Duration::MAX, |s| s.config.client.body_timeout);
             let left = ctx.remaining();
             if left.is_zero() {
-                ctx.failure = Some(Failure::ClientTimeout);
+                ctx.ending.failure = Some(Failure::ClientTimeout);
                 return Err(Error::explain(
                     ErrorType::ReadTimedout,
                     "request body not received before the route deadline",
@@ -701,8 +745,8 @@ impl ProxyHttp for Gateway {
             session.set_read_timeout(Some(body_timeout.min(left)));
         }
         if let Some(chunk) = body {
-            if !ctx.body.add(chunk.len()) {
-                ctx.failure = Some(Failure::BodyTooLarge);
+            if !ctx.body.limit.add(chunk.len()) {
+                ctx.ending.failure = Some(Failure::BodyTooLarge);
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body exceeds max_body_bytes",
@@ -726,18 +770,18 @@ impl ProxyHttp for Gateway {
         let pool = Arc::clone(&snap.routes[r].pool);
         let remaining = ctx.remaining();
         if remaining.is_zero() {
-            ctx.failure = Some(Failure::Deadline);
+            ctx.ending.failure = Some(Failure::Deadline);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(504),
                 "route deadline passed",
             ));
         }
-        let selected = match pool.select(&ctx.tried) {
+        let selected = match pool.select(&ctx.upstream.tried) {
             Ok(s) => s,
             Err(e) => {
                 // After a connect failure in this request, that failure is the answer (the
                 // failed server may already be marked down, leaving nothing "available").
-                ctx.failure = Some(if e.all_tried() || !ctx.tried.is_empty() {
+                ctx.ending.failure = Some(if e.all_tried() || !ctx.upstream.tried.is_empty() {
                     Failure::Unreachable
                 } else {
                     Failure::NoHealthy
@@ -748,12 +792,12 @@ impl ProxyHttp for Gateway {
                 ));
             }
         };
-        ctx.server = Some(Arc::clone(&selected.server));
-        ctx.attempt = Some(Attempt {
+        ctx.upstream.server = Some(Arc::clone(&selected.server));
+        ctx.upstream.current = Some(Attempt {
             index: selected.index,
             _guard: pool.server_guard(selected.index),
-            reported: false,
             capped: pool.config().read_timeout > remaining,
+            reported: None,
         });
         let up = pool.config();
         let mut peer = HttpPeer::new(selected.addr, false, String::new());
@@ -784,33 +828,33 @@ impl ProxyHttp for Gateway {
             // The gateway's own shortage (EMFILE...): nothing about the server, and another
             // server would fail the same way. Answer 503 at once, charge no one.
             kind.record();
-            ctx.report_attempt(&self.state, Outcome::Neutral);
-            ctx.failure = Some(Failure::LocalResource);
+            ctx.end_attempt(&self.state, Outcome::Neutral);
+            ctx.ending.failure = Some(Failure::LocalResource);
             e.set_retry(false);
             return e;
         }
         // Nothing was sent: safe to try another server while `retries` allow. Only connect
         // failures mark a server as tried: a stale pooled connection that Pingora retries on a
         // fresh one (idempotent requests only) may go to the same server again.
-        ctx.report_attempt(&self.state, Outcome::Failure);
-        if let Some(attempt) = ctx.attempt.take() {
+        ctx.end_attempt(&self.state, Outcome::Failure);
+        if let Some(attempt) = ctx.upstream.current.take() {
             // A server that refuses connections is probably gone: check it now rather than
             // at the next interval, so it leaves selection after `fall` quick checks.
             if let Some((snap, r)) = ctx.route_rt() {
                 snap.routes[r].pool.recheck_soon(attempt.index);
             }
-            ctx.tried.push(attempt.index);
+            ctx.upstream.tried.push(attempt.index);
         }
         let (retries, servers) = ctx.route_rt().map_or((0, 0), |(snap, r)| {
             let pool = &snap.routes[r].pool;
             (pool.config().retries as usize, pool.len())
         });
-        let may_retry =
-            ctx.tried.len() <= retries && ctx.tried.len() < servers && !ctx.remaining().is_zero();
-        ctx.connect_error = Some(e.to_string());
+        let tried = ctx.upstream.tried.len();
+        let may_retry = tried <= retries && tried < servers && !ctx.remaining().is_zero();
+        ctx.upstream.connect_error = Some(e.to_string());
         e.set_retry(may_retry);
         if !may_retry {
-            ctx.failure = Some(if ctx.remaining().is_zero() {
+            ctx.ending.failure = Some(if ctx.remaining().is_zero() {
                 Failure::Deadline
             } else {
                 Failure::Unreachable
@@ -825,25 +869,20 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        let peer = ctx.peer_ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let mut xff = String::new();
-        for v in session.req_header().headers.get_all("x-forwarded-for") {
-            if let Ok(s) = v.to_str() {
-                if !xff.is_empty() {
-                    xff.push_str(", ");
-                }
-                xff.push_str(s.trim());
-            }
-        }
-        if !xff.is_empty() {
-            xff.push_str(", ");
-        }
-        xff.push_str(&peer);
+        // Each address is formatted once: `X-Real-IP` and the `X-Forwarded-For` entry this hop
+        // adds share the text when the client is the socket peer.
+        let client = ctx.client_ip.map(ip_value);
+        let peer = match (ctx.peer_ip, ctx.client_ip, &client) {
+            (Some(p), Some(c), Some(text)) if p == c => text.clone(),
+            (Some(p), _, _) => ip_value(p),
+            (None, _, _) => HeaderValue::from_static(""),
+        };
+        let xff = forwarded_for(session.req_header(), peer)?;
         upstream_request.insert_header("x-forwarded-for", xff)?;
-        if let Some(ip) = ctx.client_ip {
-            upstream_request.insert_header("x-real-ip", ip.to_string())?;
+        if let Some(client) = client {
+            upstream_request.insert_header("x-real-ip", client)?;
         }
-        upstream_request.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream_request.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(path) = &ctx.upstream_path {
             // Forward what was routed, never the raw path.
             let target = match upstream_request.uri.query() {
@@ -855,12 +894,12 @@ impl ProxyHttp for Gateway {
                 .or_err(ErrorType::InvalidHTTPHeader, "normalized path")?;
             upstream_request.set_uri(uri);
         }
-        if let Some(len) = ctx.body_length {
+        if let Some(len) = ctx.body.length {
             // A chunked body received whole goes upstream with one unambiguous length.
             upstream_request.remove_header(&http::header::TRANSFER_ENCODING);
             upstream_request.insert_header("content-length", len.to_string())?;
         }
-        if ctx.continue_sent {
+        if ctx.body.continue_sent {
             upstream_request.remove_header(&http::header::EXPECT);
         }
         Ok(())
@@ -880,8 +919,7 @@ impl ProxyHttp for Gateway {
             Some((snap, r)) => snap.routes[r].pool.outcome_for_status(status),
             None => Outcome::Neutral,
         };
-        ctx.report_attempt(&self.state, outcome);
-        ctx.settle_breaker(outcome);
+        ctx.settle(&self.state, outcome);
         Ok(())
     }
 
@@ -891,8 +929,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if let Some(f) = &ctx.rate_limit {
+        upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
+        if let Some(f) = ctx.admission.limits.rate_limit_fields() {
             if !upstream_response.headers.contains_key("ratelimit") {
                 upstream_response.insert_header("ratelimit-policy", f.policy.as_str())?;
                 upstream_response.insert_header("ratelimit", f.state.as_str())?;
@@ -910,7 +948,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<Duration>> {
         // The whole-request deadline also bounds a slowly streamed response.
         if ctx.deadline.is_some_and(|d| Instant::now() > d) {
-            ctx.failure = Some(Failure::Deadline);
+            ctx.ending.failure = Some(Failure::Deadline);
             return Err(Error::explain(
                 ErrorType::ReadTimedout,
                 "route deadline passed",
@@ -930,17 +968,16 @@ impl ProxyHttp for Gateway {
             // A streamed body still arriving when time ran out: the upstream could not answer
             // a request it has not received.
             _ => {
-                ctx.body_plan == Plan::Stream
+                ctx.body.plan == Plan::Stream
                     && !session.is_body_done()
-                    && (is_timeout(e) || ctx.failure == Some(Failure::Deadline))
+                    && (is_timeout(e) || ctx.ending.failure == Some(Failure::Deadline))
             }
         };
         if client_slow {
-            ctx.failure = Some(Failure::ClientTimeout);
+            ctx.ending.failure = Some(Failure::ClientTimeout);
         }
         let outcome = ctx.outcome_of(e);
-        ctx.report_attempt(&self.state, outcome);
-        ctx.settle_breaker(outcome);
+        ctx.settle(&self.state, outcome);
         if let Some(status) = final_status(session) {
             // Headers already went out: the only honest thing left is to close.
             return FailToProxy {
@@ -953,7 +990,7 @@ impl ProxyHttp for Gateway {
         // error, and reads `can_reuse_downstream` only on the filter-error path. So these
         // answers honestly say `Connection: close` instead of promising a keep-alive that
         // would not be kept (and do not wait to discard a body for nothing).
-        match failure_answer(ctx.failure, e).map(Answer::closing) {
+        match failure_answer(ctx.ending.failure, e).map(Answer::closing) {
             Some(answer) => {
                 let code = answer.status;
                 let keep_alive = self.answer(session, ctx, answer).await;
@@ -972,75 +1009,61 @@ impl ProxyHttp for Gateway {
     fn suppress_error_log(&self, _session: &Session, ctx: &Self::CTX, error: &Error) -> bool {
         // Errors the gateway answered itself (502/504/413/...) and clients that went away are in
         // the access log line with their cause; Pingora's error line would only repeat them.
-        ctx.local_status.is_some() || failure_answer(ctx.failure, error).is_none()
+        ctx.ending.local_status.is_some() || failure_answer(ctx.ending.failure, error).is_none()
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         // Settle whatever is still open (client gone, deadline inside the body...).
-        if let Some(err) = e {
-            let outcome = ctx.outcome_of(err);
-            ctx.report_attempt(&self.state, outcome);
-            ctx.settle_breaker(outcome);
-        } else {
-            ctx.settle_breaker(Outcome::Neutral);
-        }
+        let outcome = e.map_or(Outcome::Neutral, |err| ctx.outcome_of(err));
+        ctx.settle(&self.state, outcome);
 
-        let status = final_status(session).or(ctx.local_status).unwrap_or(0);
-        let snap = ctx.snapshot.clone();
-        let route_label: &str = match (ctx.route, snap.as_deref()) {
-            (Some(r), Some(s)) => s.config.routes[r].path_prefix.as_str(),
-            _ => ctx.route_label,
+        let status = final_status(session)
+            .or(ctx.ending.local_status)
+            .unwrap_or(0);
+        ctx.count(&self.state, status);
+
+        let route_label: &str = match ctx.route_rt() {
+            Some((s, r)) => s.config.routes[r].path_prefix.as_str(),
+            None => ctx.route_label,
         };
-        let m = &self.state.metrics;
-        let status_label = status.to_string();
-        m.requests
-            .with_label_values(&[route_label, status_label.as_str()])
-            .inc();
-        m.duration
-            .with_label_values(&[route_label])
-            .observe(ctx.started.elapsed().as_secs_f64());
-        if let Some(z) = &ctx.rejected_req_zone {
-            m.ratelimit_rejected.with_label_values(&[z]).inc();
-        }
-        if let Some(z) = &ctx.delayed_zone {
-            m.ratelimit_delayed.with_label_values(&[z]).inc();
-        }
-        for z in &ctx.dry_run_req {
-            m.ratelimit_dry_run.with_label_values(&[z]).inc();
-        }
-        if let Some(z) = &ctx.rejected_conn_zone {
-            m.limit_conn_rejected.with_label_values(&[z]).inc();
-        }
-        for z in &ctx.dry_run_conn {
-            m.limit_conn_dry_run.with_label_values(&[z]).inc();
-        }
-        if let (Some(r), Some(s)) = (ctx.route, snap.as_deref()) {
-            let upstream = s.config.routes[r].upstream.as_str();
-            if ctx.bulkhead_rejected {
-                m.bulkhead_rejected.with_label_values(&[upstream]).inc();
-            }
-            if ctx.circuit_rejected {
-                m.circuit_rejected.with_label_values(&[upstream]).inc();
-            }
-        }
-
         let req = session.req_header();
-        let err_text = match (ctx.failure, &ctx.connect_error) {
+        let err_text = match (ctx.ending.failure, &ctx.upstream.connect_error) {
             (Some(Failure::Unreachable), Some(c)) => Some(c.clone()),
             _ => e.map(|e| e.to_string()),
         };
         access_log::write(&access_log::Entry {
-            request_id: &ctx.request_id,
+            request_id: ctx.request_id(),
             client_ip: ctx.client_ip.or(ctx.peer_ip),
             method: req.method.as_str(),
             path: req.uri.path(),
             route: route_label,
-            upstream_server: ctx.server.as_deref(),
+            upstream_server: ctx.upstream.server.as_deref(),
             status,
             duration_ms: (ctx.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0,
-            limiter: &ctx.limiter,
-            limit_scope: ctx.limit_scope.as_str(),
+            limiter: ctx.admission.limits.note(),
+            limit_scope: ctx.admission.limits.scope.as_str(),
             error: err_text.as_deref(),
         });
     }
+}
+
+/// The `X-Forwarded-For` value sent upstream: the client's own entries (every header line, in
+/// order) followed by `peer`, the address this hop saw.
+fn forwarded_for(req: &RequestHeader, peer: HeaderValue) -> Result<HeaderValue> {
+    let mut xff = String::new();
+    for v in req.headers.get_all("x-forwarded-for") {
+        if let Ok(s) = v.to_str() {
+            if !xff.is_empty() {
+                xff.push_str(", ");
+            }
+            xff.push_str(s.trim());
+        }
+    }
+    if xff.is_empty() {
+        // The common case: no proxy before this one, the peer's text is the whole value.
+        return Ok(peer);
+    }
+    xff.push_str(", ");
+    xff.push_str(peer.to_str().unwrap_or_default());
+    HeaderValue::try_from(xff).or_err(ErrorType::InvalidHTTPHeader, "x-forwarded-for")
 }

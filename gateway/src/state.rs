@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use crate::client::connections::{auto_max_connections, ConnectionCounter};
 use crate::config::model::GatewayConfig;
 use crate::limit::{ConnZone, LimitStore, ReqZone, Zones};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::upstream::{UpstreamPool, Upstreams};
 
 /// One configuration generation, with every name a request needs already looked up.
@@ -23,6 +23,10 @@ pub struct Snapshot {
     pub config: Arc<GatewayConfig>,
     /// Per route, in `config.routes` order.
     pub routes: Vec<RouteRuntime>,
+    /// Metric handles of requests that matched no route (route label `none`).
+    pub unrouted: RouteMetrics,
+    /// Metric handles of the gateway's own `/health` (route label `health`).
+    pub health: RouteMetrics,
 }
 
 /// A route's live objects.
@@ -36,6 +40,8 @@ pub struct RouteRuntime {
     pub pool: Arc<UpstreamPool>,
     /// Some `limit_req` zone of the route has `scope: cluster` (its decision goes to the store).
     pub cluster: bool,
+    /// The route's request counters and duration histogram.
+    pub metrics: RouteMetrics,
 }
 
 /// The outcome of the last SIGHUP reload, for `/status`.
@@ -89,7 +95,7 @@ impl State {
         zones.apply(&config);
         upstreams.apply(&config);
         store.apply(config.limit_store.as_ref());
-        let snapshot = build_snapshot(Arc::new(config), &zones, &upstreams)?;
+        let snapshot = build_snapshot(Arc::new(config), &zones, &upstreams, &metrics)?;
         prime_metrics(&metrics, &snapshot.config);
         Ok(Arc::new(State {
             config_path,
@@ -115,7 +121,12 @@ impl State {
         self.zones.apply(&config);
         self.upstreams.apply(&config);
         self.store.apply(config.limit_store.as_ref());
-        let snapshot = build_snapshot(Arc::new(config), &self.zones, &self.upstreams)?;
+        let snapshot = build_snapshot(
+            Arc::new(config),
+            &self.zones,
+            &self.upstreams,
+            &self.metrics,
+        )?;
         prime_metrics(&self.metrics, &snapshot.config);
         self.current.store(Arc::new(snapshot));
         Ok(())
@@ -180,6 +191,7 @@ fn build_snapshot(
     config: Arc<GatewayConfig>,
     zones: &Zones,
     upstreams: &Upstreams,
+    metrics: &Metrics,
 ) -> Result<Snapshot, SnapshotError> {
     let mut routes = Vec::with_capacity(config.routes.len());
     for route in &config.routes {
@@ -207,12 +219,18 @@ fn build_snapshot(
         let cluster = req_zones.iter().any(|z| z.is_cluster());
         routes.push(RouteRuntime {
             cluster,
+            metrics: metrics.route(&route.path_prefix),
             req_zones,
             conn_zones,
             pool,
         });
     }
-    Ok(Snapshot { config, routes })
+    Ok(Snapshot {
+        config,
+        routes,
+        unrouted: metrics.route("none"),
+        health: metrics.route("health"),
+    })
 }
 
 /// Creates the labelled series of every zone and upstream at zero, so `/metrics` lists them
