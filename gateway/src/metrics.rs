@@ -246,7 +246,8 @@ impl Metrics {
             route: route.into(),
             requests: self.requests.clone(),
             by_status: (0..STATUSES).map(|_| OnceLock::new()).collect(),
-            duration: self.duration.with_label_values(&[route]),
+            durations: self.duration.clone(),
+            duration: OnceLock::new(),
         }
     }
 
@@ -275,7 +276,10 @@ pub struct RouteMetrics {
     requests: IntCounterVec,
     /// `gateway_requests_total{route,status}` by status, resolved on first use.
     by_status: Box<[OnceLock<IntCounter>]>,
-    duration: Histogram,
+    durations: HistogramVec,
+    /// `gateway_request_duration_seconds{route}`, resolved on first use (a series appears only
+    /// once a request was counted in it).
+    duration: OnceLock<Histogram>,
 }
 
 impl RouteMetrics {
@@ -286,7 +290,9 @@ impl RouteMetrics {
             Some(cell) => cell.get_or_init(|| self.counter(status)).inc(),
             None => self.counter(status).inc(),
         }
-        self.duration.observe(elapsed.as_secs_f64());
+        self.duration
+            .get_or_init(|| self.durations.with_label_values(&[&*self.route]))
+            .observe(elapsed.as_secs_f64());
     }
 
     fn counter(&self, status: usize) -> IntCounter {
@@ -407,6 +413,12 @@ mod tests {
     fn route_handles_count_in_the_shared_series() {
         let m = Metrics::new();
         let r = m.route("/api/");
+        let unused = m.route("none");
+        let empty = UpstreamsStatus {
+            upstreams: Default::default(),
+        };
+        assert!(!m.render(&empty).contains("route=\"none\""));
+        drop(unused);
         r.record(200, std::time::Duration::from_millis(3));
         r.record(200, std::time::Duration::from_millis(3));
         r.record(0, std::time::Duration::ZERO);
