@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod fd_limit;
 pub mod limit;
+pub mod log_buffer;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -14,39 +14,20 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Bytes of log lines gathered before one `write(2)` to stderr (NGINX's `access_log ... buffer=`).
-const LOG_BUFFER_BYTES: usize = 64 * 1024;
-
-/// Log lines waiting for the writer thread before a request thread has to wait for it.
-const LOG_QUEUE_LINES: usize = 128_000;
-
-/// Logs (the access log included: one line per request) are formatted on the request thread and
-/// written by a dedicated thread, so a request never waits for stderr: a line costs a channel
-/// push. The writer gathers whatever lines are queued into one buffer and writes it with one
-/// system call, flushing as soon as the queue is empty, so a quiet gateway's lines appear at once.
-/// The queue never drops a line: when it is full (stderr blocked), request threads wait, as
-/// NGINX's workers do on a blocked log file. Lines still queued when the process is killed are
-/// lost; a normal shutdown flushes them when the returned guard is dropped.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs (the access log included: one line per request) are gathered per thread and written
+/// in batches, like NGINX's `access_log ... buffer=` (`gateway::log_buffer`); the returned guard
+/// writes out what is left when `main` returns.
+fn init_logging(format: LogFormat) -> gateway::log_buffer::FlushGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("gateway-log")
-        .finish(std::io::BufWriter::with_capacity(
-            LOG_BUFFER_BYTES,
-            std::io::stderr(),
-        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi);
+        .with_writer(gateway::log_buffer::BufferedStderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    guard
+    gateway::log_buffer::start()
 }
 
 fn main() -> ExitCode {
@@ -66,7 +47,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    // Flushes the log queue when `main` returns.
+    // Writes out the buffered log lines when `main` returns.
     let _log_guard = init_logging(cli.log_format);
     gateway::reload::guard_sighup_early();
     gateway::fd_limit::raise();

@@ -73,7 +73,9 @@ impl LimitedGateway {
         gw
     }
 
+    /// What the gateway logged (after a few log flush intervals, as `GatewayProcess::logs`).
     fn logs(&self) -> String {
+        std::thread::sleep(gateway::log_buffer::FLUSH_INTERVAL * 5);
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
 

@@ -183,8 +183,11 @@ impl GatewayProcess {
         self.dir.path().join("gateway.log")
     }
 
-    /// Everything the process logged so far.
+    /// Everything the process logged so far. The gateway writes info lines (the access log) in
+    /// batches at least every `log_buffer::FLUSH_INTERVAL`: wait a few intervals first, so a line
+    /// for something that already happened is there.
     pub fn logs(&self) -> String {
+        std::thread::sleep(gateway::log_buffer::FLUSH_INTERVAL * 5);
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 

@@ -1,0 +1,215 @@
+//! Buffered log output, like NGINX's `access_log ... buffer=64k flush=10ms`: each thread gathers
+//! its log lines in its own buffer and writes the buffer to stderr with one system call when it
+//! is full, when a flusher thread finds it non-empty (every [`FLUSH_INTERVAL`]), and at shutdown.
+//!
+//! Why not `tracing-appender`'s non-blocking writer: it hands every line to a writer thread over
+//! a channel, which costs an allocation per line and, whenever the writer thread sleeps, a wake-up
+//! system call from the request thread; on two cores shared with the load generator that made
+//! the gateway slower than writing each line itself. A per-thread buffer costs a short,
+//! uncontended lock and a copy per line, and nothing else.
+//!
+//! Warnings and errors are written through at once (after the lines buffered before them on the
+//! same thread, so a thread's lines keep their order); lines of different threads may interleave
+//! at buffer granularity. Lines buffered when the process is killed with SIGKILL are lost (at
+//! most one flush interval's worth); every normal exit flushes them (see [`FlushGuard`]).
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tracing::{Level, Metadata};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Bytes a thread gathers before it writes them out itself.
+pub const BUFFER_BYTES: usize = 64 * 1024;
+
+/// How often the flusher thread writes out what the threads have gathered: the longest a line
+/// waits on a quiet gateway.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+
+type Buffer = Arc<Mutex<Vec<u8>>>;
+
+/// Every live thread's buffer, for the flusher.
+static BUFFERS: Mutex<Vec<Buffer>> = Mutex::new(Vec::new());
+
+/// A thread's own buffer; when the thread ends, what is left is written and the buffer leaves
+/// the registry.
+struct Local(Buffer);
+
+impl Local {
+    fn register() -> Self {
+        let buffer: Buffer = Arc::new(Mutex::new(Vec::with_capacity(BUFFER_BYTES)));
+        BUFFERS.lock().push(Arc::clone(&buffer));
+        Local(buffer)
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = write_out(&mut self.0.lock());
+        BUFFERS.lock().retain(|b| !Arc::ptr_eq(b, &self.0));
+    }
+}
+
+thread_local! {
+    static LOCAL: Local = Local::register();
+}
+
+/// Writes `buffer` to stderr with one locked `write_all` (no other thread's bytes in between)
+/// and empties it.
+fn write_out(buffer: &mut Vec<u8>) -> io::Result<()> {
+    if buffer.is_empty() {
+        return Ok(());
+    }
+    let result = io::stderr().lock().write_all(buffer);
+    buffer.clear();
+    result
+}
+
+/// Writes out every thread's buffer.
+fn flush_all() {
+    let buffers: Vec<Buffer> = BUFFERS.lock().clone();
+    for b in buffers {
+        let _ = write_out(&mut b.lock());
+    }
+}
+
+/// The `tracing-subscriber` writer: info and below are buffered per thread, warnings and errors
+/// go out at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BufferedStderr;
+
+/// One log line on its way into the current thread's buffer.
+#[derive(Debug)]
+pub struct Line {
+    /// Write the line (and what the thread buffered before it) now.
+    immediate: bool,
+}
+
+impl Write for Line {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let immediate = self.immediate;
+        let appended = LOCAL.try_with(|local| {
+            let mut buffer = local.0.lock();
+            buffer.extend_from_slice(line);
+            if immediate || buffer.len() >= BUFFER_BYTES {
+                write_out(&mut buffer)
+            } else {
+                Ok(())
+            }
+        });
+        match appended {
+            Ok(result) => result.map(|()| line.len()),
+            // The thread is ending and its buffer is gone: write the line itself.
+            Err(_) => io::stderr().lock().write_all(line).map(|()| line.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for BufferedStderr {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line { immediate: false }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
+        Line {
+            immediate: *meta.level() <= Level::WARN,
+        }
+    }
+}
+
+/// Keeps the flusher thread running; dropping it stops the thread and writes out every buffer.
+#[derive(Debug)]
+pub struct FlushGuard {
+    stop: Arc<AtomicBool>,
+    flusher: Option<JoinHandle<()>>,
+}
+
+/// Starts the flusher thread.
+pub fn start() -> FlushGuard {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let flusher = std::thread::Builder::new()
+        .name("gateway-log".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(FLUSH_INTERVAL);
+                flush_all();
+            }
+        })
+        .map_err(|e| eprintln!("gateway: log flusher thread not started ({e}); lines are written when a buffer fills"))
+        .ok();
+    FlushGuard { stop, flusher }
+}
+
+impl Drop for FlushGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
+        flush_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffered_here() -> usize {
+        LOCAL.with(|l| l.0.lock().len())
+    }
+
+    #[test]
+    fn info_lines_wait_in_the_thread_buffer_and_a_warning_takes_them_out() {
+        std::thread::spawn(|| {
+            Line { immediate: false }.write_all(b"info line\n").unwrap();
+            assert_eq!(buffered_here(), 10);
+            Line { immediate: true }.write_all(b"warn line\n").unwrap();
+            assert_eq!(buffered_here(), 0, "a warning writes out what was buffered");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_full_buffer_is_written_by_its_thread() {
+        std::thread::spawn(|| {
+            let line = vec![b'x'; 1000];
+            let mut w = BufferedStderr.make_writer();
+            for _ in 0..(BUFFER_BYTES / 1000 + 1) {
+                w.write_all(&line).unwrap();
+            }
+            assert!(buffered_here() < BUFFER_BYTES);
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_flusher_empties_every_buffer_and_an_ended_thread_leaves_the_registry() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            BufferedStderr.make_writer().write_all(b"line\n").unwrap();
+            tx.send(LOCAL.with(|l| Arc::clone(&l.0))).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let buffer = rx.recv().unwrap();
+        assert_eq!(buffer.lock().len(), 5);
+        flush_all();
+        assert!(buffer.lock().is_empty());
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+        assert!(!BUFFERS.lock().iter().any(|b| Arc::ptr_eq(b, &buffer)));
+    }
+}
