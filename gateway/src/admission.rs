@@ -415,10 +415,11 @@ impl LimitRecord {
         }
     }
 
-    /// The `RateLimit-Policy` / `RateLimit` values to echo on an upstream's response.
-    pub fn rate_limit_fields(&self) -> Option<&RateLimitFields> {
-        match &self.req {
-            Some(ReqOutcome::Pass { fields, .. }) => fields.as_ref(),
+    /// The `RateLimit-Policy` / `RateLimit` values to echo on the upstream's response, taken
+    /// out of the record (the log and the metrics do not use them).
+    pub fn take_rate_limit_fields(&mut self) -> Option<RateLimitFields> {
+        match &mut self.req {
+            Some(ReqOutcome::Pass { fields, .. }) => fields.take(),
             _ => None,
         }
     }

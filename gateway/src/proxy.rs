@@ -930,11 +930,16 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.request_id.clone())?;
-        if let Some(f) = ctx.admission.limits.rate_limit_fields() {
-            if !upstream_response.headers.contains_key("ratelimit") {
-                upstream_response.insert_header("ratelimit-policy", f.policy.as_str())?;
-                upstream_response.insert_header("ratelimit", f.state.as_str())?;
-            }
+        if upstream_response.status.as_u16() < 200
+            || upstream_response.headers.contains_key("ratelimit")
+        {
+            // An informational head (the final one follows), or the upstream's own fields.
+            return Ok(());
+        }
+        if let Some(f) = ctx.admission.limits.take_rate_limit_fields() {
+            // Moved, not copied: the values were made for this response.
+            upstream_response.insert_header("ratelimit-policy", f.policy)?;
+            upstream_response.insert_header("ratelimit", f.state)?;
         }
         Ok(())
     }
