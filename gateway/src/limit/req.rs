@@ -115,7 +115,7 @@ impl ReqZone {
             last_fallback: AtomicU64::new(0),
             epoch,
             shards: (0..n)
-                .map(|_| Mutex::new(KeyLru::new(max_keys / n, hasher.clone())))
+                .map(|_| Mutex::new(KeyLru::new(max_keys / n)))
                 .collect(),
             hasher,
         }
@@ -324,21 +324,14 @@ pub(crate) fn ceil_secs(ms: u64) -> u64 {
 }
 
 /// NGINX's lazy expiry when a node is created (`ngx_http_limit_req_expire(ctx, 1)`): drop up to
-/// two least recently used keys idle for at least 60 s whose excess has fully leaked.
+/// two of the least recently used keys (NGINX: the two at the tail of its queue; here: two of the
+/// long-unused keys under the map's sweep hand, see [`KeyLru::expire`]) that are idle for at least
+/// 60 s and whose excess has fully leaked.
 fn expire_idle(lru: &mut KeyLru<ReqNode>, now: u64, rate: u64) {
-    for _ in 0..2 {
-        let Some((_, node)) = lru.peek_lru() else {
-            return;
-        };
+    lru.expire(|node| {
         let ms = (now.wrapping_sub(node.last) as i64).unsigned_abs();
-        if ms < 60000 {
-            return;
-        }
-        if node.excess > mul_div(rate, ms, 1000) {
-            return;
-        }
-        lru.pop_lru();
-    }
+        ms >= 60000 && node.excess <= mul_div(rate, ms, 1000)
+    });
 }
 
 /// One limit to check: a zone, the request's key in it, and the route's use of the zone.
@@ -527,17 +520,54 @@ fn store_in(lru: &mut KeyLru<ReqNode>, hash: u64, key: KeyRef<'_>, node: ReqNode
     }
 }
 
+/// What [`OneShard::lookup`] found, so that the store after it needs no second table probe.
+#[derive(Clone, Copy)]
+enum Found {
+    /// No lookup yet.
+    NotLooked,
+    /// The key is in this slot.
+    At(u32),
+    /// The key is not tracked.
+    Absent,
+}
+
+/// The one locked shard of a single-limit check. The shard stays locked from lookup to store, so
+/// what the lookup found still holds at the store.
 struct OneShard<'z, 'k> {
     guard: MutexGuard<'z, KeyLru<ReqNode>>,
     hash: u64,
     key: KeyRef<'k>,
+    found: Found,
 }
 
 impl LockedShards for OneShard<'_, '_> {
     fn lookup(&mut self, _: usize) -> Option<ReqNode> {
-        self.guard.get_mut(self.hash, self.key).copied()
+        match self.guard.find(self.hash, self.key) {
+            Some(idx) => {
+                self.found = Found::At(idx);
+                self.guard.value_at(idx, self.hash).copied()
+            }
+            None => {
+                self.found = Found::Absent;
+                None
+            }
+        }
     }
     fn store(&mut self, _: usize, node: ReqNode, rate: u64) {
+        match self.found {
+            Found::At(idx) => {
+                if let Some(slot) = self.guard.value_at(idx, self.hash) {
+                    *slot = node;
+                    return;
+                }
+            }
+            Found::Absent => {
+                expire_idle(&mut self.guard, node.last, rate);
+                self.guard.insert_new(self.hash, self.key, node);
+                return;
+            }
+            Found::NotLooked => {}
+        }
         store_in(&mut self.guard, self.hash, self.key, node, rate);
     }
 }
@@ -657,6 +687,7 @@ fn check_or_peek<'a>(checks: &[ReqCheck<'a>], now: Instant, commit: bool) -> Req
                 guard: shard.lock(),
                 hash,
                 key,
+                found: Found::NotLooked,
             };
             if commit {
                 decide(checks, now, &mut locked)
@@ -1018,9 +1049,9 @@ mod tests {
         // A request stamped before `last` (another thread's older clock read) gets ms = 0 and
         // leaves `last` alone, exactly like NGINX.
         let _ = one(&z, &r, 4990);
-        let shard = z.shard_for(KEY.as_ref_key()).0.lock();
+        let (shard, hash) = z.shard_for(KEY.as_ref_key());
         assert_eq!(
-            shard.peek(KEY.as_ref_key()).copied(),
+            shard.lock().peek(hash, KEY.as_ref_key()).copied(),
             Some(ReqNode {
                 excess: 1000,
                 last: 5000
