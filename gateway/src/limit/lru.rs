@@ -49,15 +49,18 @@ struct Slot<V> {
 /// Since at least an eighth of the entries qualify, a sweep usually reads a few consecutive
 /// slots; it never reads more than `n` (then it takes the oldest entry it saw).
 ///
-/// **Expiry** ([`KeyLru::expire`]) mirrors NGINX's look at its two least recently used nodes: it
-/// walks the hand over a few slots and removes up to two entries that are at least the eviction
-/// age minus one old (NGINX's second-to-last node has age ≥ `n − 2`) and that the caller's
-/// predicate accepts, so an expired key, too, was idle for that long.
+/// **Expiry** ([`KeyLru::expire`]) mirrors NGINX's look at its two least recently used nodes
+/// with a second hand: it removes up to two entries that are at least the eviction age minus one
+/// old (NGINX's second-to-last node has age ≥ `n − 2`) and that the caller's predicate accepts,
+/// so an expired key, too, was idle for that long.
 pub(crate) struct KeyLru<V> {
     table: HashTable<u32>,
     slots: Vec<Slot<V>>,
-    /// The next slot the eviction and expiry sweep looks at (taken modulo `slots.len()`).
+    /// The next slot the eviction sweep looks at (taken modulo `slots.len()`).
     hand: usize,
+    /// The slot expiry looks at first (taken modulo `slots.len()`). Its own hand, so that expiry
+    /// waiting on an entry, or passing over young ones, does not disturb the eviction sweep.
+    expiry_hand: usize,
     /// Uses so far: the next use's stamp.
     clock: u64,
     cap: usize,
@@ -71,6 +74,7 @@ impl<V> KeyLru<V> {
             table: HashTable::new(),
             slots: Vec::new(),
             hand: 0,
+            expiry_hand: 0,
             clock: 0,
             cap: cap.clamp(1, MAX_CAPACITY),
         }
@@ -100,6 +104,7 @@ impl<V> KeyLru<V> {
     fn rebuild_table(&mut self) {
         self.table.clear();
         self.hand = 0;
+        self.expiry_hand = 0;
         let (table, slots) = (&mut self.table, &self.slots);
         for (i, s) in slots.iter().enumerate() {
             table.insert_unique(s.hash, i as u32, |&j| slots[j as usize].hash);
@@ -232,32 +237,36 @@ impl<V> KeyLru<V> {
     }
 
     /// NGINX's lazy expiry of up to two least recently used entries (`ngx_http_limit_req_expire`
-    /// with `n = 1`): walks the hand over at most [`EXPIRY_STEPS`] slots and removes up to two
-    /// entries that are at least the eviction age minus one old and for which `expired` holds
-    /// (a removed slot then holds the former last entry, which is examined next). Returns how
-    /// many entries were removed.
-    ///
-    /// NGINX looks at the tail of its recency queue and stops at the first node it may not
-    /// remove, since every node before it is more recent. The hand has no such order, so the walk
-    /// passes over such an entry instead: stopping would let one long-unused key that has not yet
-    /// drained hold up expiry for the whole map.
+    /// with `n = 1`). NGINX looks at the tail of its recency queue: it removes the tail node if
+    /// `expired` holds for it and looks at the next one, and stops at the first node it may not
+    /// remove. Here the expiry hand plays the tail: an entry younger than the eviction age minus
+    /// one is no tail candidate and is passed over (at most [`EXPIRY_STEPS`] slots are examined);
+    /// an old enough entry is removed if `expired` holds (its slot then holds the former last
+    /// entry, examined next), else the walk stops with the hand on it, as NGINX stays on its tail
+    /// until that node expires or is used. Returns how many entries were removed.
     pub(crate) fn expire(&mut self, mut expired: impl FnMut(&V) -> bool) -> usize {
         // Ages as of the map the new key arrives in, like NGINX's queue at that moment.
         let min_age = self.eviction_age().saturating_sub(1);
         let mut removed = 0;
-        for _ in 0..EXPIRY_STEPS.min(self.slots.len()) {
+        for _ in 0..EXPIRY_STEPS {
             let n = self.slots.len();
             if n == 0 || removed == 2 {
                 break;
             }
-            let i = if self.hand < n { self.hand } else { 0 };
+            let i = if self.expiry_hand < n {
+                self.expiry_hand
+            } else {
+                0
+            };
+            self.expiry_hand = i;
             let s = &self.slots[i];
-            if self.clock - s.used >= min_age && expired(&s.value) {
+            if self.clock - s.used < min_age {
+                self.expiry_hand = i + 1;
+            } else if expired(&s.value) {
                 self.remove_at(i);
-                self.hand = i;
                 removed += 1;
             } else {
-                self.hand = i + 1;
+                break;
             }
         }
         removed
@@ -278,6 +287,7 @@ impl<V> KeyLru<V> {
         let mut slots = std::mem::take(&mut self.slots);
         self.table.clear();
         self.hand = 0;
+        self.expiry_hand = 0;
         slots.sort_unstable_by_key(|s| s.used);
         slots.into_iter().map(|s| (s.key, s.value)).collect()
     }
@@ -501,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn expiry_removes_up_to_two_old_entries_the_predicate_accepts() {
+    fn expiry_passes_young_entries_and_waits_like_nginx_on_an_old_one_it_may_not_remove() {
         let mut m = Map::new(100);
         for i in 0..10u128 {
             m.insert(i, i as u32);
@@ -509,12 +519,29 @@ mod tests {
         m.get(0);
         m.get(1);
         // 10 entries: old enough from age 8 on. Ages now: 0 → 2, 1 → 1, k ≥ 2 → 12 − k.
-        // 0 and 1 are passed over, 2 is removed (9 takes its slot and is passed over), 3 is
-        // refused and passed over, 4 is removed: two removals end the walk.
-        assert_eq!(m.m.expire(|v| *v != 3), 2);
-        assert_eq!(m.m.len(), 8);
+        // 0 and 1 are passed over, 2 is removed (9 takes its slot and is passed over), 3 is old
+        // but refused: the walk stops there.
+        assert_eq!(m.m.expire(|v| *v != 3), 1);
+        assert_eq!(m.peek(2), None);
+        assert_eq!(m.m.len(), 9);
+        // The hand waited on 3: removed next, then 4 (9 entries: old enough from age 7 on).
+        assert_eq!(m.m.expire(|_| true), 2);
         let left: Vec<u128> = m.drain().into_iter().map(|(k, _)| k).collect();
-        assert_eq!(left, vec![3, 5, 6, 7, 8, 9, 0, 1]);
+        assert_eq!(left, vec![5, 6, 7, 8, 9, 0, 1]);
+    }
+
+    #[test]
+    fn expiry_does_not_move_the_eviction_hand() {
+        let mut m = Map::new(4);
+        for i in 0..4u128 {
+            m.insert(i, 0);
+        }
+        // Expiry refuses everything; eviction still takes the least recently used, 0.
+        for _ in 0..3 {
+            assert_eq!(m.m.expire(|_| false), 0);
+        }
+        let evicted = m.insert(4, 0).map(|(k, _)| ip(&k));
+        assert_eq!(evicted, Some(0));
     }
 
     #[test]
@@ -524,16 +551,19 @@ mod tests {
             m.insert(i, 0);
         }
         // A busy key among idle ones: as new keys arrive (each expiring up to two like NGINX),
-        // every idle old key is expired in time and the busy one stays.
+        // every idle old key is expired in time and the busy one (value 7: never expirable, like
+        // a key that is not idle) stays.
+        if let Some(v) = m.m.get_mut(m.h.hash_one(KeyRef::Ip(500)), KeyRef::Ip(500)) {
+            *v = 7;
+        }
         for new in 0..1000u128 {
             for _ in 0..3 {
                 m.get(500);
             }
-            m.m.expire(|v| *v == 0);
+            m.m.expire(|v| *v != 7);
             m.insert(10_000 + new, 1);
         }
         let old: Vec<u128> = (0..1000u128).filter(|&k| m.peek(k).is_some()).collect();
         assert_eq!(old, vec![500]);
-        assert_eq!(m.m.len(), 1001);
     }
 }
