@@ -17,13 +17,15 @@
 //! them after every limit passed); the longest delay applies.
 //!
 //! Differences from NGINX, all deliberate: the state is per process in sharded maps bounded by
-//! `max_keys` with least-recently-used eviction per shard (NGINX: a shared-memory zone evicting its
-//! least recently used node when full); every limit of a route is evaluated even after one rejects
-//! (NGINX stops at the first; the reported zone is the first rejecting one either way, nothing is
-//! accounted either way); `dry_run` is per limit, not per location (a would-be rejection by a dry-run
-//! limit accounts nothing in that zone, like `limit_req_dry_run`); the arithmetic is done in 128
-//! bits, so it cannot wrap where NGINX's 64-bit arithmetic would after months of idleness at
-//! absurd rates.
+//! `max_keys` with approximate least-recently-used eviction per shard (NGINX: a shared-memory zone
+//! evicting its least recently used node when full; here a key is evicted or expired only once it
+//! went unused for at least 7/8 of its shard's size in lookups, see `limit/lru.rs`, and eviction
+//! never changes the state of a key that stays tracked); every limit of a route is evaluated even
+//! after one rejects (NGINX stops at the first; the reported zone is the first rejecting one either
+//! way, nothing is accounted either way); `dry_run` is per limit, not per location (a would-be
+//! rejection by a dry-run limit accounts nothing in that zone, like `limit_req_dry_run`); the
+//! arithmetic is done in 128 bits, so it cannot wrap where NGINX's 64-bit arithmetic would after
+//! months of idleness at absurd rates.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
