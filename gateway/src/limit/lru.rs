@@ -33,16 +33,16 @@ struct Slot<V> {
 /// **Recency without a list.** Every insert and every successful lookup ([`KeyLru::get_mut`],
 /// [`KeyLru::find`]) stamps its entry with the map's use counter and advances the counter, so
 /// stamps are distinct. An entry's *age* is the number of uses of the map since its own last use.
-/// With `n` entries the `j`-th most recently used one has age ≥ `j`, hence at least `n/8 + 1`
+/// With `n` entries the `j`-th most recently used one has age ≥ `j`, hence at least `⌊n/8⌋ + 1`
 /// entries have age ≥ `n − ⌊n/8⌋` (the eviction age).
 ///
 /// **Eviction** (insert into a full map) sweeps a hand over the slots, like CLOCK, and evicts the
 /// first entry at least the eviction age old; the new key takes its slot. Hence:
 /// - the map never holds more than `cap` entries: a full map evicts exactly one per new key;
 /// - an evicted key was not used during the last `n − ⌊n/8⌋` uses of its map. Exact LRU (NGINX)
-///   evicts the key unused for longest; ours may instead evict another key, but only one that has
-///   been idle that long, never one used more recently. Below 8 entries the bound is age ≥ `n`,
-///   which without removals in between is exactly the least recently used entry;
+///   evicts the key unused for longest; ours may evict another one instead, but only a key idle
+///   for at least that many uses (with fewer than 8 entries: at least `n` uses, as many as there
+///   are entries). Where the two differ, both choices are keys idle that long;
 /// - eviction never changes the state of a key that stays tracked, so every tracked key's
 ///   decisions are exactly those NGINX would take with the same keys tracked.
 ///
