@@ -2,6 +2,8 @@
 //! memory with 1M distinct client keys stays within `max_keys`).
 //!
 //! Run: `cargo bench -p gateway --bench limit_req -- --warm-up-time 1 --measurement-time 3`
+//! (`check_one_limit_100k_random_keys` is the figure for many clients under load: random keys;
+//! the `_live_keys` cases walk the keys in insertion order, which the prefetcher helps.)
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -68,14 +70,20 @@ fn decision_cost(c: &mut Criterion) {
     assert_eq!(z.keys(), LIVE_KEYS as usize);
 
     // The machine may be shared: besides criterion's wall-clock figures, report the time this
-    // thread actually spent on a CPU per decision (from /proc/thread-self/schedstat).
-    {
+    // thread actually spent on a CPU per decision (from /proc/thread-self/schedstat), for the
+    // cyclic walk and for random keys.
+    let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
+    let mut t = now;
+    for (pattern, random) in [("cyclic", false), ("random", true)] {
         const N: usize = 2_000_000;
         let (cpu0, wall0) = (on_cpu_ns(), Instant::now());
-        let mut t = now;
         for n in 0..N {
             t += Duration::from_micros(3);
-            let k = keys[n % keys.len()];
+            let k = if random {
+                client(u128::from(rng.next() % LIVE_KEYS as u64))
+            } else {
+                keys[n % keys.len()]
+            };
             black_box(check(
                 &[ReqCheck {
                     zone: &z,
@@ -88,16 +96,15 @@ fn decision_cost(c: &mut Criterion) {
         let wall = wall0.elapsed().as_nanos() as f64 / N as f64;
         match (cpu0, on_cpu_ns()) {
             (Some(a), Some(b)) => println!(
-                "limit_req one limit, 100k live keys: {wall:.0} ns/decision wall, {:.0} ns/decision on CPU",
+                "limit_req one limit, 100k live keys, {pattern}: {wall:.0} ns/decision wall, {:.0} ns/decision on CPU",
                 (b - a) as f64 / N as f64
             ),
-            _ => println!("limit_req one limit, 100k live keys: {wall:.0} ns/decision wall"),
+            _ => println!("limit_req one limit, 100k live keys, {pattern}: {wall:.0} ns/decision wall"),
         }
     }
 
     let mut group = c.benchmark_group("limit_req");
     let mut i = 0usize;
-    let mut t = now;
     group.bench_function("check_one_limit_100k_live_keys", |b| {
         b.iter(|| {
             i = (i + 1) % keys.len();
@@ -106,6 +113,27 @@ fn decision_cost(c: &mut Criterion) {
                 &[ReqCheck {
                     zone: &z,
                     key: keys[i],
+                    rule: &r,
+                }],
+                black_box(t),
+            );
+            debug_assert!(matches!(d, ReqDecision::Pass { .. }));
+            black_box(d)
+        })
+    });
+
+    // The same decision for keys drawn at random: every lookup lands on a cold part of the table,
+    // which is what many clients under load look like. The cyclic walk above visits the keys in
+    // the order they were inserted, so the hardware prefetcher hides most of its cache misses.
+    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d);
+    group.bench_function("check_one_limit_100k_random_keys", |b| {
+        b.iter(|| {
+            let k = client(u128::from(rng.next() % LIVE_KEYS as u64));
+            t += Duration::from_micros(3);
+            let d = check(
+                &[ReqCheck {
+                    zone: &z,
+                    key: k,
                     rule: &r,
                 }],
                 black_box(t),
@@ -188,6 +216,19 @@ fn decision_cost(c: &mut Criterion) {
         })
     });
     group.finish();
+}
+
+/// xorshift64: random key indices without touching memory (a table of indices would add its own
+/// cache misses to the figure).
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
 }
 
 /// Nanoseconds this thread has spent running on a CPU.

@@ -17,13 +17,15 @@
 //! them after every limit passed); the longest delay applies.
 //!
 //! Differences from NGINX, all deliberate: the state is per process in sharded maps bounded by
-//! `max_keys` with least-recently-used eviction per shard (NGINX: a shared-memory zone evicting its
-//! least recently used node when full); every limit of a route is evaluated even after one rejects
-//! (NGINX stops at the first; the reported zone is the first rejecting one either way, nothing is
-//! accounted either way); `dry_run` is per limit, not per location (a would-be rejection by a dry-run
-//! limit accounts nothing in that zone, like `limit_req_dry_run`); the arithmetic is done in 128
-//! bits, so it cannot wrap where NGINX's 64-bit arithmetic would after months of idleness at
-//! absurd rates.
+//! `max_keys` with approximate least-recently-used eviction per shard (NGINX: a shared-memory zone
+//! evicting its least recently used node when full; here a key is evicted or expired only once it
+//! went unused for at least 7/8 of its shard's size in lookups, see `limit/lru.rs`, and eviction
+//! never changes the state of a key that stays tracked); every limit of a route is evaluated even
+//! after one rejects (NGINX stops at the first; the reported zone is the first rejecting one either
+//! way, nothing is accounted either way); `dry_run` is per limit, not per location (a would-be
+//! rejection by a dry-run limit accounts nothing in that zone, like `limit_req_dry_run`); the
+//! arithmetic is done in 128 bits, so it cannot wrap where NGINX's 64-bit arithmetic would after
+//! months of idleness at absurd rates.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -115,7 +117,7 @@ impl ReqZone {
             last_fallback: AtomicU64::new(0),
             epoch,
             shards: (0..n)
-                .map(|_| Mutex::new(KeyLru::new(max_keys / n, hasher.clone())))
+                .map(|_| Mutex::new(KeyLru::new(max_keys / n)))
                 .collect(),
             hasher,
         }
@@ -324,21 +326,14 @@ pub(crate) fn ceil_secs(ms: u64) -> u64 {
 }
 
 /// NGINX's lazy expiry when a node is created (`ngx_http_limit_req_expire(ctx, 1)`): drop up to
-/// two least recently used keys idle for at least 60 s whose excess has fully leaked.
+/// two of the least recently used keys (NGINX: the two at the tail of its queue; here: two of the
+/// long-unused keys under the map's sweep hand, see [`KeyLru::expire`]) that are idle for at least
+/// 60 s and whose excess has fully leaked.
 fn expire_idle(lru: &mut KeyLru<ReqNode>, now: u64, rate: u64) {
-    for _ in 0..2 {
-        let Some((_, node)) = lru.peek_lru() else {
-            return;
-        };
+    lru.expire(|node| {
         let ms = (now.wrapping_sub(node.last) as i64).unsigned_abs();
-        if ms < 60000 {
-            return;
-        }
-        if node.excess > mul_div(rate, ms, 1000) {
-            return;
-        }
-        lru.pop_lru();
-    }
+        ms >= 60000 && node.excess <= mul_div(rate, ms, 1000)
+    });
 }
 
 /// One limit to check: a zone, the request's key in it, and the route's use of the zone.
@@ -527,17 +522,54 @@ fn store_in(lru: &mut KeyLru<ReqNode>, hash: u64, key: KeyRef<'_>, node: ReqNode
     }
 }
 
+/// What [`OneShard::lookup`] found, so that the store after it needs no second table probe.
+#[derive(Clone, Copy)]
+enum Found {
+    /// No lookup yet.
+    NotLooked,
+    /// The key is in this slot.
+    At(u32),
+    /// The key is not tracked.
+    Absent,
+}
+
+/// The one locked shard of a single-limit check. The shard stays locked from lookup to store, so
+/// what the lookup found still holds at the store.
 struct OneShard<'z, 'k> {
     guard: MutexGuard<'z, KeyLru<ReqNode>>,
     hash: u64,
     key: KeyRef<'k>,
+    found: Found,
 }
 
 impl LockedShards for OneShard<'_, '_> {
     fn lookup(&mut self, _: usize) -> Option<ReqNode> {
-        self.guard.get_mut(self.hash, self.key).copied()
+        match self.guard.find(self.hash, self.key) {
+            Some(idx) => {
+                self.found = Found::At(idx);
+                self.guard.value_at(idx, self.hash).copied()
+            }
+            None => {
+                self.found = Found::Absent;
+                None
+            }
+        }
     }
     fn store(&mut self, _: usize, node: ReqNode, rate: u64) {
+        match self.found {
+            Found::At(idx) => {
+                if let Some(slot) = self.guard.value_at(idx, self.hash) {
+                    *slot = node;
+                    return;
+                }
+            }
+            Found::Absent => {
+                expire_idle(&mut self.guard, node.last, rate);
+                self.guard.insert_new(self.hash, self.key, node);
+                return;
+            }
+            Found::NotLooked => {}
+        }
         store_in(&mut self.guard, self.hash, self.key, node, rate);
     }
 }
@@ -657,6 +689,7 @@ fn check_or_peek<'a>(checks: &[ReqCheck<'a>], now: Instant, commit: bool) -> Req
                 guard: shard.lock(),
                 hash,
                 key,
+                found: Found::NotLooked,
             };
             if commit {
                 decide(checks, now, &mut locked)
@@ -1018,9 +1051,9 @@ mod tests {
         // A request stamped before `last` (another thread's older clock read) gets ms = 0 and
         // leaves `last` alone, exactly like NGINX.
         let _ = one(&z, &r, 4990);
-        let shard = z.shard_for(KEY.as_ref_key()).0.lock();
+        let (shard, hash) = z.shard_for(KEY.as_ref_key());
         assert_eq!(
-            shard.peek(KEY.as_ref_key()).copied(),
+            shard.lock().peek(hash, KEY.as_ref_key()).copied(),
             Some(ReqNode {
                 excess: 1000,
                 last: 5000
