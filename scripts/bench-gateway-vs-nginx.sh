@@ -543,6 +543,8 @@ def parse(path):
     r["non_2xx"] = int(m.group(1)) if m else 0
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     r["socket_errors"] = sum(map(int, m.groups())) if m else 0
+    if m:
+        r["socket_errors_by_kind"] = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
     return r
 
 
