@@ -61,7 +61,8 @@ PERF_DIR=""
 GATEWAY_BIN=""
 BARE_BIN=""
 BACKEND_BIN=""
-COMMAND_LINE="scripts/bench-gateway-vs-nginx.sh $*"
+COMMAND_LINE=scripts/bench-gateway-vs-nginx.sh   # as run, for the report (words with spaces quoted)
+for a in "$@"; do case "$a" in *" "*) COMMAND_LINE="$COMMAND_LINE \"$a\"" ;; *) COMMAND_LINE="$COMMAND_LINE $a" ;; esac; done
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
