@@ -27,8 +27,8 @@
 # What it does (docs/benchmarks.md has the reasoning and the results):
 #   1. builds what the targets need in release (`cargo build --release -p gateway`, `cargo build
 #      --release -p gateway --example bare_proxy`, `cargo build --release -p backend` for --route
-#      real) unless --no-build; installs wrk, nginx-light, redis-server with apt-get when missing
-#      (as root);
+#      real) unless --no-build; a binary given with --gateway-bin, --bare-bin or --backend-bin is
+#      used as it is; installs wrk, nginx-light, redis-server with apt-get when missing (as root);
 #   2. starts the upstream, then per mode every target on a free loopback port, checks each
 #      answers 200 with exactly the upstream's body (and, nginx and gateway, an X-Request-Id);
 #   3. runs `wrk -t2 -c64 -d15s --latency` against the targets in turn, round after round, the
@@ -80,9 +80,9 @@ while [ $# -gt 0 ]; do
     --bare-args) BARE_ARGS=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
     --out) OUT=$2; shift 2 ;;
-    --gateway-bin) GATEWAY_BIN=$2; BUILD=0; shift 2 ;;
-    --bare-bin) BARE_BIN=$2; BUILD=0; shift 2 ;;
-    --backend-bin) BACKEND_BIN=$2; BUILD=0; shift 2 ;;
+    --gateway-bin) GATEWAY_BIN=$2; shift 2 ;;
+    --bare-bin) BARE_BIN=$2; shift 2 ;;
+    --backend-bin) BACKEND_BIN=$2; shift 2 ;;
     --perf) PERF_DIR=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -116,9 +116,6 @@ has_target() { case " $TARGETS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-GATEWAY_BIN=${GATEWAY_BIN:-$TARGET_DIR/release/gateway}
-BARE_BIN=${BARE_BIN:-$TARGET_DIR/release/examples/bare_proxy}
-BACKEND_BIN=${BACKEND_BIN:-$TARGET_DIR/release/backend}
 if [ "$ROUTE" = real ]; then
   OUT=${OUT:-$TARGET_DIR/bench/gateway-vs-nginx-real.json}
 else
@@ -173,22 +170,26 @@ done
 if [ "$BUILD" = 1 ]; then
   # Separate commands: an example build unifies the dev-dependencies' features into the
   # gateway crate, and the gateway binary must be the one `cargo build -p gateway` gives.
-  if has_target gateway; then
+  # A binary given with --gateway-bin, --bare-bin or --backend-bin is used as it is, not built.
+  if has_target gateway && [ -z "$GATEWAY_BIN" ]; then
     log "cargo build --release -p gateway (target dir $TARGET_DIR)"
     (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR timeout 3600 cargo build --release -p gateway) \
       || die "release build failed"
   fi
-  if has_target bare; then
+  if has_target bare && [ -z "$BARE_BIN" ]; then
     log "cargo build --release -p gateway --example bare_proxy"
     (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR timeout 3600 cargo build --release -p gateway --example bare_proxy) \
       || die "release build of the bare proxy failed"
   fi
-  if [ "$ROUTE" = real ]; then
+  if [ "$ROUTE" = real ] && [ -z "$BACKEND_BIN" ]; then
     log "cargo build --release -p backend"
     (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR timeout 3600 cargo build --release -p backend) \
       || die "release build of the backend failed"
   fi
 fi
+GATEWAY_BIN=${GATEWAY_BIN:-$TARGET_DIR/release/gateway}
+BARE_BIN=${BARE_BIN:-$TARGET_DIR/release/examples/bare_proxy}
+BACKEND_BIN=${BACKEND_BIN:-$TARGET_DIR/release/backend}
 if has_target gateway; then
   [ -x "$GATEWAY_BIN" ] || die "no release binary at $GATEWAY_BIN (run without --no-build)"
 fi
