@@ -71,9 +71,9 @@ struct Attempt {
     _guard: ServerInflightGuard,
     /// The attempt's timeouts were cut short by the route deadline.
     capped: bool,
-    /// What the attempt was reported as. An attempt reaches its server's health and the metrics
-    /// once, from whichever hook learns how it ended first.
-    reported: Option<Outcome>,
+    /// The attempt's outcome went to its server's health and the metrics: each attempt is
+    /// reported once, by whichever hook learns how it ended first.
+    reported: bool,
 }
 
 /// Why the upstream's own guards refused a request.
@@ -215,10 +215,10 @@ impl RequestCtx {
         let Some(attempt) = self.upstream.current.as_mut() else {
             return;
         };
-        if attempt.reported.is_some() {
+        if attempt.reported {
             return;
         }
-        attempt.reported = Some(outcome);
+        attempt.reported = true;
         snap.routes[r].pool.report(attempt.index, outcome);
         let upstream = snap.config.routes[r].upstream.as_str();
         let server = self.upstream.server.as_deref().unwrap_or("-");
@@ -797,7 +797,7 @@ impl ProxyHttp for Gateway {
             index: selected.index,
             _guard: pool.server_guard(selected.index),
             capped: pool.config().read_timeout > remaining,
-            reported: None,
+            reported: false,
         });
         let up = pool.config();
         let mut peer = HttpPeer::new(selected.addr, false, String::new());

@@ -111,12 +111,17 @@ impl<V> KeyLru<V> {
         }
     }
 
+    /// The slot holding `key`, if it is tracked (nothing marked).
+    fn slot_of(&self, hash: u64, key: KeyRef<'_>) -> Option<u32> {
+        let slots = &self.slots;
+        self.table
+            .find(hash, |&i| slots[i as usize].key.as_key_ref() == key)
+            .copied()
+    }
+
     /// The slot of `key`, marking it used; pass the slot to [`KeyLru::value_at`].
     pub(crate) fn find(&mut self, hash: u64, key: KeyRef<'_>) -> Option<u32> {
-        let slots = &self.slots;
-        let idx = *self
-            .table
-            .find(hash, |&i| slots[i as usize].key.as_key_ref() == key)?;
+        let idx = self.slot_of(hash, key)?;
         let slot = &mut self.slots[idx as usize];
         slot.used = self.clock;
         self.clock += 1;
@@ -141,11 +146,8 @@ impl<V> KeyLru<V> {
     /// The value of `key` without marking it used.
     #[cfg(test)]
     pub(crate) fn peek(&self, hash: u64, key: KeyRef<'_>) -> Option<&V> {
-        let slots = &self.slots;
-        let idx = *self
-            .table
-            .find(hash, |&i| slots[i as usize].key.as_key_ref() == key)?;
-        Some(&slots[idx as usize].value)
+        let idx = self.slot_of(hash, key)?;
+        Some(&self.slots[idx as usize].value)
     }
 
     /// The age an entry must have to be evicted from a map of the current size (see [`KeyLru`]).
@@ -275,10 +277,7 @@ impl<V> KeyLru<V> {
     /// Removes the entry of `key`, returning its value.
     #[cfg(test)]
     pub(crate) fn remove(&mut self, hash: u64, key: KeyRef<'_>) -> Option<V> {
-        let slots = &self.slots;
-        let idx = *self
-            .table
-            .find(hash, |&i| slots[i as usize].key.as_key_ref() == key)?;
+        let idx = self.slot_of(hash, key)?;
         Some(self.remove_at(idx as usize).1)
     }
 

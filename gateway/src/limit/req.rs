@@ -515,11 +515,15 @@ trait LockedShards {
 fn store_in(lru: &mut KeyLru<ReqNode>, hash: u64, key: KeyRef<'_>, node: ReqNode, rate: u64) {
     match lru.get_mut(hash, key) {
         Some(slot) => *slot = node,
-        None => {
-            expire_idle(lru, node.last, rate);
-            lru.insert_new(hash, key, node);
-        }
+        None => track_new(lru, hash, key, node, rate),
     }
+}
+
+/// Starts tracking a key that is not tracked yet, expiring idle keys first as NGINX does when
+/// it creates a node.
+fn track_new(lru: &mut KeyLru<ReqNode>, hash: u64, key: KeyRef<'_>, node: ReqNode, rate: u64) {
+    expire_idle(lru, node.last, rate);
+    lru.insert_new(hash, key, node);
 }
 
 /// What [`OneShard::lookup`] found, so that the store after it needs no second table probe.
@@ -564,8 +568,7 @@ impl LockedShards for OneShard<'_, '_> {
                 }
             }
             Found::Absent => {
-                expire_idle(&mut self.guard, node.last, rate);
-                self.guard.insert_new(self.hash, self.key, node);
+                track_new(&mut self.guard, self.hash, self.key, node, rate);
                 return;
             }
             Found::NotLooked => {}
