@@ -72,7 +72,8 @@ start_redis() { # mode
     fi
   done
   for p in "${REDIS_PORTS[@]}"; do
-    for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 1 150); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis-cli -p "$p" ping >/dev/null 2>&1 || { echo "redis-server on $p did not start" >&2; return 1; }
   done
   if [ "$1" = cluster ]; then
     redis-cli --cluster create $(printf '127.0.0.1:%s ' "${REDIS_PORTS[@]}") --cluster-replicas 1 \
@@ -95,14 +96,22 @@ start_redis() { # mode
   export REDIS_MODE REDIS_URL
 }
 
-# Undelivered notifications: the outbox streams' lengths added up over the masters (one stream
-# per slot group since the Redis Cluster layout; `outbox:notifications` before it).
-backlog_of() {
-  local total=0 n k p
+# The outbox streams ("port key" lines): one per slot group since the Redis Cluster layout
+# (`outbox:notifications` before it). Found once, after the warm-up wrote to them: a keyspace scan
+# per poll would itself load Redis.
+find_streams() {
+  STREAMS=()
+  local p k
   for p in "${MASTERS[@]}"; do
-    for k in $(redis-cli -p "$p" --scan --pattern 'outbox:*'); do
-      n=$(redis-cli -p "$p" XLEN "$k"); total=$((total + n))
-    done
+    for k in $(redis-cli -p "$p" --scan --pattern 'outbox:*' --count 100000); do STREAMS+=("$p $k"); done
+  done
+}
+
+# Undelivered notifications: the outbox streams' lengths added up.
+backlog_of() {
+  local total=0 n s
+  for s in "${STREAMS[@]}"; do
+    n=$(redis-cli -p "${s%% *}" XLEN "${s#* }"); total=$((total + n))
   done
   echo "$total"
 }
@@ -140,7 +149,9 @@ run_one() { # name bin_dir round mode
     && events=$(bench_events "http://127.0.0.1:$sp" "$round")
   # Warm-up (connections, script cache), not measured.
   timeout 60 "$LOADTEST" bench reservations --target "http://127.0.0.1:$sp" \
-    --payments "http://127.0.0.1:$pp" --concurrency "$CONCURRENCY" --duration 3s >/dev/null 2>&1 || true
+    --payments "http://127.0.0.1:$pp" --concurrency "$CONCURRENCY" --duration 3s $events \
+    >/dev/null 2>&1 || true
+  find_streams
   for p in "${REDIS_PORTS[@]}"; do redis-cli -p "$p" CONFIG RESETSTAT >/dev/null; done
   # Let the warm-up's notifications drain first.
   for _ in $(seq 1 600); do [ "$(backlog_of)" = 0 ] && break; sleep 0.1; done

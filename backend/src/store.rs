@@ -26,6 +26,7 @@
 //! of their own.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,8 +62,9 @@ pub mod defaults {
     pub const BREAKER_CONSECUTIVE_FAILURES: u32 = 3;
     /// `--redis-connect-timeout-ms`.
     pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
-    /// `--redis-wait-ms`.
-    pub const WAIT_MS: u64 = 100;
+    /// `--redis-wait-ms`: a few replication round trips on a LAN; it bounds how long one `WAIT`
+    /// holds up its shard's connection when the replica is slow or gone.
+    pub const WAIT_MS: u64 = 20;
 }
 
 /// How the service reaches Redis.
@@ -109,7 +111,8 @@ pub struct StoreConfig {
     pub redis_connect_timeout_ms: u64,
     /// Cluster mode: after a write that must survive a failover (a hold, a confirmation), wait up
     /// to this long (`WAIT 1 <ms>` on the shard) for its replica to have it; 0 = do not wait.
-    /// Replication stays asynchronous: this narrows the loss window, it does not close it.
+    /// Replication stays asynchronous: this narrows the loss window, it does not close it. A
+    /// slot group whose `WAIT` finds no replica skips it for a second.
     #[arg(long, env = "REDIS_WAIT_MS", default_value_t = defaults::WAIT_MS)]
     pub redis_wait_ms: u64,
 }
@@ -277,6 +280,9 @@ enum Target {
 
 struct Inner {
     target: Target,
+    /// Per slot group: skip `WAIT` until then (ms since the epoch), see
+    /// [`Store::wait_for_replica`].
+    no_replica_until: [AtomicU64; GROUPS],
     /// Standalone: one. Cluster: one per slot group, then one for calls without a key.
     breakers: Vec<Arc<CircuitBreaker>>,
     chaos: Arc<Chaos>,
@@ -318,6 +324,7 @@ impl Store {
         let store = Store {
             inner: Arc::new(Inner {
                 target,
+                no_replica_until: std::array::from_fn(|_| AtomicU64::new(0)),
                 breakers: (0..breakers)
                     .map(|_| CircuitBreaker::new(cfg.breaker()))
                     .collect(),
@@ -382,11 +389,25 @@ impl Store {
     }
 
     /// Cluster mode: `WAIT 1 <--redis-wait-ms>` on the master of `key`'s slot, after a write that
-    /// must survive a failover. Returns how many replicas acknowledged it (`None`: not in cluster
-    /// mode, or disabled). Best effort: a failure is logged, the write itself is done.
+    /// must survive a failover. Returns how many replicas acknowledged it (`None`: not asked).
+    /// Best effort: the write itself is done, so a failure is only logged.
+    ///
+    /// `WAIT` blocks the connection it is sent on, and it must be sent on the connection that
+    /// wrote (it covers that connection's writes), which is the node's one multiplexed
+    /// connection: every command behind it waits too. With a healthy replica that is one
+    /// replication round trip; with none it is the whole timeout, for every `WAIT` in the
+    /// queue (seen: a shard whose replica had just been promoted answered in seconds, and a
+    /// master rejoining as replica stalled its shard long enough to open the breaker). So the
+    /// timeout is short, `WAIT` bypasses the breaker, and once a `WAIT` of a slot group finds no
+    /// replica (or fails) the group skips `WAIT` for [`NO_REPLICA_BACKOFF`], logging it.
     pub async fn wait_for_replica(&self, key: &str) -> Option<i64> {
         let wait_ms = self.inner.cfg.redis_wait_ms;
         if self.mode() != RedisMode::Cluster || wait_ms == 0 {
+            return None;
+        }
+        let group = slots::group_of_key(key);
+        let skip = &self.inner.no_replica_until[group];
+        if now_ms() < skip.load(Ordering::Relaxed) {
             return None;
         }
         let mut cmd = redis::cmd("WAIT");
@@ -395,30 +416,28 @@ impl Store {
             slots::key_slot(key),
             SlotAddr::Master,
         )));
-        let acked = self
-            .guarded(Some(key), |conn| async move {
-                match conn {
-                    Conn::Cluster(mut c) => {
-                        redis::from_redis_value(c.route_command(cmd, route).await?)
-                            .map_err(RedisError::from)
-                    }
-                    mut other => cmd.query_async(&mut other).await,
+        let call = async {
+            match self.conn().await? {
+                Conn::Cluster(mut c) => {
+                    redis::from_redis_value::<i64>(c.route_command(cmd, route).await?)
+                        .map_err(RedisError::from)
                 }
-            })
-            .await;
-        match acked {
-            Ok(0) => {
-                tracing::warn!(
-                    key,
-                    wait_ms,
-                    "write not on a replica yet: a failover now could lose it"
-                );
-                Some(0)
+                mut other => cmd.query_async(&mut other).await,
             }
-            Ok(n) => Some(n),
-            Err(e) => {
-                tracing::warn!(key, error = %e, "WAIT failed");
-                None
+        };
+        let acked = tokio::time::timeout(self.timeout(), call).await;
+        match acked {
+            Ok(Ok(n)) if n > 0 => Some(n),
+            other => {
+                let why = match other {
+                    Ok(Ok(_)) => "no replica acknowledged in time".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                };
+                let backoff = NO_REPLICA_BACKOFF.as_millis() as u64;
+                skip.store(now_ms() + backoff, Ordering::Relaxed);
+                tracing::warn!(group, wait_ms, why = %why, backoff_ms = backoff, "WAIT found no replica: writes of this slot group are not known to be replicated; a failover now could lose them");
+                Some(0)
             }
         }
     }
@@ -632,6 +651,15 @@ fn cluster_client(
         b = b.response_timeout(t);
     }
     Ok(b.build()?)
+}
+
+/// How long a slot group skips `WAIT` after one found no replica.
+pub const NO_REPLICA_BACKOFF: Duration = Duration::from_secs(1);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// How often [`monitor`] looks at breakers that are not closed.

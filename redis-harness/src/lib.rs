@@ -13,7 +13,8 @@ pub struct RedisServer {
     /// The port it listens on.
     pub port: u16,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    /// Behind a lock so a node of a shared cluster can be stopped and restarted through `&self`.
+    child: std::sync::Mutex<Option<Child>>,
     cluster: bool,
 }
 
@@ -41,17 +42,17 @@ impl RedisServer {
     }
 
     fn start_with(port: u16, cluster: bool) -> RedisServer {
-        let mut s = RedisServer {
+        let s = RedisServer {
             port,
             dir: tempfile::tempdir().expect("temp dir"),
-            child: None,
+            child: std::sync::Mutex::new(None),
             cluster,
         };
         s.spawn();
         s
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&self) {
         let mut cmd = Command::new(redis_server_bin());
         cmd.arg("--port")
             .arg(self.port.to_string())
@@ -88,7 +89,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server (apt-get install redis-server)");
-        self.child = Some(child);
+        *self.lock() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
@@ -99,6 +100,10 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("redis-server on {} did not start", self.port);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -113,7 +118,7 @@ impl RedisServer {
 
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.lock().as_ref().map(Child::id)
     }
 
     fn signal(&self, sig: &str) {
@@ -126,15 +131,16 @@ impl RedisServer {
     }
 
     /// Kills the process (SIGKILL) and reaps it.
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
+    pub fn stop(&self) {
+        let taken = self.lock().take();
+        if let Some(mut c) = taken {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     /// Starts the process again on the same port (and directory).
-    pub fn restart(&mut self) {
+    pub fn restart(&self) {
         self.stop();
         self.spawn();
     }
