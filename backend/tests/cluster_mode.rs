@@ -262,30 +262,21 @@ fn check_answers(shots: &[Shot], cold: &str, killed_at: Duration, rejoined_at: D
 /// a charge, every 201 is still CONFIRMED (nothing acknowledged was lost), and the net amount
 /// charged equals the sales.
 async fn check_end_state(stack: &Arc<Stack>, cold: &str, shots: &[Shot]) {
+    // `field` of the audit added up over the two events (None if one is missing).
+    let total = |audit: &Value, field: &str| -> Option<i64> {
+        let evs = audit["events"].as_array()?;
+        evs.iter()
+            .filter(|e| e["eventId"] == HOT || e["eventId"] == cold)
+            .map(|e| e[field].as_i64())
+            .sum()
+    };
     let ended = eventually(Duration::from_secs(40), || async {
         let audit = stack.audit().await;
-        let held: i64 = audit["events"]
-            .as_array()
-            .map(|evs| {
-                evs.iter()
-                    .filter(|e| e["eventId"] == HOT || e["eventId"] == cold)
-                    .map(|e| e["held"].as_i64().unwrap_or(1))
-                    .sum()
-            })
-            .unwrap_or(1);
-        (held == 0 && audit["ok"] == true).then_some(audit)
+        (total(&audit, "held") == Some(0) && audit["ok"] == true).then_some(audit)
     })
     .await;
-    let audit = ended.unwrap_or_else(|| panic!("sagas left unfinished: {}", "held > 0"));
-    let sold: i64 = audit["events"]
-        .as_array()
-        .map(|evs| {
-            evs.iter()
-                .filter(|e| e["eventId"] == HOT || e["eventId"] == cold)
-                .map(|e| e["sold"].as_i64().unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0);
+    let audit = ended.expect("sagas left unfinished (held > 0) or the audit failed");
+    let sold = total(&audit, "sold").expect("both events audited");
     let created: Vec<&str> = shots
         .iter()
         .filter(|s| s.status == 201)

@@ -57,6 +57,18 @@ fn path_id(path: Result<Path<String>, PathRejection>) -> Option<String> {
     path.ok().map(|Path(id)| id)
 }
 
+/// The event id of a `/{eventId}` path; one that cannot exist is a 404 `event_not_found`.
+fn event_path_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let event_id = path_id(path).unwrap_or_default();
+    if !is_valid_id(&event_id, MAX_EVENT_ID_LEN) {
+        return Err(ApiError::not_found(
+            "event_not_found",
+            format!("event {event_id} does not exist"),
+        ));
+    }
+    Ok(event_id)
+}
+
 fn read_error(e: ReadError, event_id: &str) -> ApiError {
     match e {
         ReadError::NotFound => ApiError::not_found(
@@ -116,13 +128,7 @@ pub async fn get_event(
     State(s): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let event_id = path_id(path).unwrap_or_default();
-    if !is_valid_id(&event_id, MAX_EVENT_ID_LEN) {
-        return Err(ApiError::not_found(
-            "event_not_found",
-            format!("event {event_id} does not exist"),
-        ));
-    }
+    let event_id = event_path_id(path)?;
     let r = s
         .events
         .detail(s.saga.inv.store(), &event_id)
@@ -367,13 +373,7 @@ pub async fn get_audit(State(s): State<AppState>) -> Result<Response, ApiError> 
 pub async fn get_placement(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    let event_id = path_id(path).unwrap_or_default();
-    if !is_valid_id(&event_id, MAX_EVENT_ID_LEN) {
-        return Err(ApiError::not_found(
-            "event_not_found",
-            format!("event {event_id} does not exist"),
-        ));
-    }
+    let event_id = event_path_id(path)?;
     let key = keys::event_meta(&event_id);
     let group = keys::event_group(&event_id);
     Ok(Json(serde_json::json!({
