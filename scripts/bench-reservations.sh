@@ -53,6 +53,19 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+# A cluster node also listens on port + 10000 (its cluster bus): both must be free and < 65536.
+free_node_port() {
+  python3 -c '
+import random, socket
+for _ in range(1000):
+    p = random.randint(20000, 50000)
+    try:
+        for q in (p, p + 10000):
+            s = socket.socket(); s.bind(("127.0.0.1", q)); s.close()
+        print(p); break
+    except OSError:
+        pass'
+}
 wait_http() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
 # The Redis of one run: REDIS_PORTS (standalone: one; cluster: six), REDIS_PIDS, MASTERS (ports
 # of the masters), REDIS_URL and REDIS_MODE for the backend.
@@ -61,7 +74,7 @@ start_redis() { # mode
   local n=1 p i
   [ "$1" = cluster ] && n=6
   for i in $(seq 1 "$n"); do
-    p=$(free_port); local dir; dir=$(mktemp -d); REDIS_PORTS+=("$p")
+    p=$(free_node_port); local dir; dir=$(mktemp -d); REDIS_PORTS+=("$p")
     if [ "$1" = cluster ]; then
       redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" \
         --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
@@ -103,7 +116,7 @@ find_streams() {
   STREAMS=()
   local p k
   for p in "${MASTERS[@]}"; do
-    for k in $(redis-cli -p "$p" --scan --pattern 'outbox:*' --count 100000); do STREAMS+=("$p $k"); done
+    for k in $(redis-cli -p "$p" --scan --pattern 'outbox:*'); do STREAMS+=("$p $k"); done
   done
 }
 
