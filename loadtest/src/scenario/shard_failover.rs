@@ -475,7 +475,8 @@ async fn analyse(
                 if rec >= p {
                     ms(rec - p)
                 } else {
-                    format!("-{}", ms(p - rec))
+                    // The flood saw it before the 200 ms topology poll did.
+                    "0 ms".to_owned()
                 },
                 if by_themselves {
                     ""
