@@ -43,6 +43,15 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 wait_http() { for _ in $(seq 1 100); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+# Undelivered notifications: the outbox streams' lengths added up (one stream per slot group
+# since the Redis Cluster layout; `outbox:notifications` before it).
+backlog_of() {
+  local total=0 n k
+  for k in $(redis-cli -p "$1" --scan --pattern 'outbox:*'); do
+    n=$(redis-cli -p "$1" XLEN "$k"); total=$((total + n))
+  done
+  echo "$total"
+}
 cpu_secs() { # utime + stime of a pid, in seconds
   awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
@@ -64,7 +73,7 @@ run_one() { # name bin_dir round
     --payments "http://127.0.0.1:$pp" --concurrency "$CONCURRENCY" --duration 3s >/dev/null 2>&1 || true
   redis-cli -p "$rp" CONFIG RESETSTAT >/dev/null
   # Let the warm-up's notifications drain first.
-  for _ in $(seq 1 600); do [ "$(redis-cli -p "$rp" XLEN outbox:notifications)" = 0 ] && break; sleep 0.1; done
+  for _ in $(seq 1 600); do [ "$(backlog_of "$rp")" = 0 ] && break; sleep 0.1; done
   local load c_res c_pay c_redis c_not
   load=$(cut -d' ' -f1-3 /proc/loadavg)
   c_res=$(cpu_secs "$res_pid"); c_pay=$(cpu_secs "$pay_pid"); c_redis=$(cpu_secs "$redis_pid")
@@ -75,9 +84,9 @@ run_one() { # name bin_dir round
   # The outbox delivers notifications after the confirmations: that work belongs to the
   # reservations too. Wait (bounded) until it is done and count its time and CPU.
   local backlog drained=0 t_end
-  backlog=$(redis-cli -p "$rp" XLEN outbox:notifications)
+  backlog=$(backlog_of "$rp")
   t_end=$(date +%s.%N)
-  for _ in $(seq 1 3000); do [ "$(redis-cli -p "$rp" XLEN outbox:notifications)" = 0 ] && { drained=1; break; }; sleep 0.1; done
+  for _ in $(seq 1 3000); do [ "$(backlog_of "$rp")" = 0 ] && { drained=1; break; }; sleep 0.1; done
   local drain_secs
   drain_secs=$(awk -v a="$(date +%s.%N)" -v b="$t_end" 'BEGIN{printf "%.1f", a-b}')
   {

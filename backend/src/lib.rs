@@ -7,5 +7,6 @@ pub mod outbox;
 pub mod payments;
 pub mod payments_client;
 pub mod reservations;
+pub mod slots;
 pub mod store;
 pub mod telemetry;

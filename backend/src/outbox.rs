@@ -1,8 +1,10 @@
 //! The notification outbox worker: delivers what the confirming Lua script `XADD`ed to the Redis
-//! stream [`STREAM`] to the notifications service, at least once, without ever blocking or failing
-//! a reservation.
+//! streams (one per slot group, [`stream`]) to the notifications service, at least once, without
+//! ever blocking or failing a reservation.
 //!
-//! Loop (one per reservations process, consumer name unique per process):
+//! One loop per stream and reservations process (consumer name unique per process); the streams
+//! are sharded with the saga keys (on a Redis Cluster each stream lives on its group's shard, so a
+//! failed shard only holds up its own streams). Each loop:
 //!
 //! 1. connect (own connection, with backoff while Redis is away) and make sure consumer group
 //!    [`GROUP`] exists (`XGROUP CREATE ... 0 MKSTREAM`, `BUSYGROUP` ignored; starting at `0`
@@ -14,7 +16,7 @@
 //!    failures (connection errors, timeouts, any non-2xx answer except 400/413/422) are retried
 //!    with capped exponential backoff and jitter for as long as the entry is younger than
 //!    `--outbox-give-up-ms`; 400/413/422 (the message itself is invalid) are permanent;
-//! 4. on success set `notification`=`sent` on `res:{<reservationId>}` (only if that hash exists),
+//! 4. on success set `notification`=`sent` on the reservation (only if that hash exists),
 //!    on giving up set it to `failed`; then `XACK` and `XDEL` the entry (the stream only holds what
 //!    is not delivered yet, so its length is the backlog).
 //!
@@ -23,13 +25,14 @@
 //! vanished (Redis restarted empty) the group is recreated on `NOGROUP`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{IntCounter, IntGauge, Registry};
 use rand::Rng;
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use redis::{AsyncConnectionConfig, RedisError};
+use redis::RedisError;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -37,9 +40,13 @@ use tokio::time::Instant;
 
 use crate::reservations::inventory::mark_notification_script;
 use crate::reservations::keys;
+use crate::slots::{Group, GROUPS};
+use crate::store::{Conn, Store, StoreError};
 
-/// The outbox stream the confirming script writes to.
-pub const STREAM: &str = keys::OUTBOX;
+/// The outbox stream of slot group `g` (the confirming script of an event in `g` writes to it).
+pub fn stream(g: Group) -> String {
+    keys::outbox(g)
+}
 /// The consumer group of the delivery workers.
 pub const GROUP: &str = "notifier";
 /// Default `kind` when an entry has none.
@@ -153,13 +160,13 @@ impl OutboxMetrics {
 
 /// Starts the worker with metrics registered nowhere; see [`spawn_worker_with_metrics`].
 pub fn spawn_worker(
-    redis_url: String,
+    store: Store,
     cfg: OutboxConfig,
     consumer_name: String,
     shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     match OutboxMetrics::new() {
-        Ok(metrics) => spawn_worker_with_metrics(redis_url, cfg, consumer_name, shutdown, metrics),
+        Ok(metrics) => spawn_worker_with_metrics(store, cfg, consumer_name, shutdown, metrics),
         Err(e) => tokio::spawn(async move {
             tracing::error!(error = %e, "outbox worker cannot create its metrics");
         }),
@@ -167,29 +174,42 @@ pub fn spawn_worker(
 }
 
 /// Starts the delivery worker as consumer `consumer_name` (unique per process, e.g. the host
-/// name plus the listen port). It runs until `shutdown` turns `true` (if the sender is dropped it
-/// runs until the runtime ends) and never returns an error: Redis and notifications outages are
-/// waited out with backoff.
+/// name plus the listen port): one loop per slot group's stream, each on its own connection made
+/// through `store` (same Redis, same mode). It runs until `shutdown` turns `true` (if the sender
+/// is dropped it runs until the runtime ends) and never returns an error: Redis and
+/// notifications outages are waited out with backoff.
 pub fn spawn_worker_with_metrics(
-    redis_url: String,
+    store: Store,
     cfg: OutboxConfig,
     consumer_name: String,
     shutdown: watch::Receiver<bool>,
     metrics: OutboxMetrics,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let worker = match Worker::new(&redis_url, cfg, consumer_name, metrics) {
-            Ok(w) => w,
+        let shared = match Shared::new(cfg, consumer_name, metrics) {
+            Ok(s) => Arc::new(s),
             Err(e) => {
                 tracing::error!(error = %e, "outbox worker cannot start");
                 return;
             }
         };
-        let mut stop = shutdown.clone();
-        tokio::select! {
-            _ = worker.run() => {}
-            _ = stopped(&mut stop) => tracing::info!("outbox worker stopped"),
-        }
+        let loops = (0..GROUPS).map(|g| {
+            let worker = Worker {
+                shared: shared.clone(),
+                store: store.clone(),
+                group: g,
+                stream: stream(g),
+            };
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = worker.run() => {}
+                    _ = stopped(&mut stop) => {}
+                }
+            })
+        });
+        futures::future::join_all(loops).await;
+        tracing::info!("outbox worker stopped");
     })
 }
 
@@ -208,10 +228,17 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// Why the worker could not be built.
 #[derive(Debug, thiserror::Error)]
 enum SetupError {
-    #[error("redis url: {0}")]
-    Redis(#[from] RedisError),
     #[error("http client: {0}")]
     Http(#[from] reqwest::Error),
+}
+
+/// Why a stream's session ended (the loop reconnects after a backoff).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Redis(#[from] RedisError),
+    #[error("connect: {0}")]
+    Connect(#[from] StoreError),
 }
 
 /// Longest message sent (notifications accepts 4096 bytes).
@@ -335,24 +362,24 @@ enum Attempt {
     Permanent(String),
 }
 
-struct Worker {
-    client: redis::Client,
+/// What every stream's loop shares.
+struct Shared {
     http: reqwest::Client,
     url: String,
     cfg: OutboxConfig,
     consumer: String,
     metrics: OutboxMetrics,
     mark: redis::Script,
+    /// Each stream's last known length; the `outbox_pending` gauge is their sum.
+    backlog: [AtomicI64; GROUPS],
 }
 
-impl Worker {
+impl Shared {
     fn new(
-        redis_url: &str,
         cfg: OutboxConfig,
         consumer: String,
         metrics: OutboxMetrics,
     ) -> Result<Self, SetupError> {
-        let client = redis::Client::open(redis_url)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(cfg.outbox_attempt_timeout_ms.max(1)))
             .connect_timeout(Duration::from_millis(
@@ -361,7 +388,6 @@ impl Worker {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
         Ok(Self {
-            client,
             http,
             url: format!(
                 "{}/notifications",
@@ -371,23 +397,8 @@ impl Worker {
             consumer,
             metrics,
             mark: mark_notification_script(),
+            backlog: std::array::from_fn(|_| AtomicI64::new(0)),
         })
-    }
-
-    /// Connects and consumes forever, reconnecting with backoff after Redis errors.
-    async fn run(&self) {
-        let mut failures: u32 = 0;
-        loop {
-            match self.session().await {
-                Ok(()) => failures = 0,
-                Err(e) => {
-                    failures = failures.saturating_add(1);
-                    let delay = self.backoff(failures);
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox: redis unavailable");
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
     }
 
     /// Exponential backoff with jitter for retry number `n` (1-based), capped.
@@ -400,22 +411,53 @@ impl Worker {
         let jittered = rand::rng().random_range(exp / 2..=exp);
         Duration::from_millis(jittered.max(1))
     }
+}
+
+/// One stream's consumer loop.
+struct Worker {
+    shared: Arc<Shared>,
+    store: Store,
+    group: Group,
+    stream: String,
+}
+
+impl std::ops::Deref for Worker {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Worker {
+    /// Connects and consumes forever, reconnecting with backoff after Redis errors.
+    async fn run(&self) {
+        let mut failures: u32 = 0;
+        loop {
+            match self.session().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    let delay = self.backoff(failures);
+                    tracing::warn!(error = %e, stream = %self.stream, retry_in_ms = delay.as_millis() as u64, "outbox: redis unavailable");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
 
     /// One connection's life: ensure the group, drain own pending entries, then loop reading.
     /// Returns on a Redis error (the caller reconnects).
-    async fn session(&self) -> Result<(), RedisError> {
+    async fn session(&self) -> Result<(), SessionError> {
         let block = Duration::from_millis(self.cfg.outbox_block_ms.max(1));
-        let conn_cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(block + Duration::from_secs(2)));
         let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&conn_cfg)
+            .store
+            .dedicated_connection(Some(block + Duration::from_secs(2)))
             .await?;
         self.ensure_group(&mut conn).await?;
         // Marks are sent in pipelines, which do not reload a script on NOSCRIPT: load it here.
         self.mark.load_async(&mut conn).await?;
-        tracing::info!(consumer = %self.consumer, "outbox worker consuming {STREAM}");
+        tracing::debug!(consumer = %self.consumer, stream = %self.stream, "outbox worker consuming");
         // Our own entries left unacknowledged by a previous life of this consumer (bounded: each
         // round acknowledges the whole batch, so this ends once the history is drained).
         for _ in 0..10_000 {
@@ -446,10 +488,10 @@ impl Worker {
         }
     }
 
-    async fn ensure_group(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
+    async fn ensure_group(&self, conn: &mut Conn) -> Result<(), RedisError> {
         let created: Result<(), RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(STREAM)
+            .arg(&self.stream)
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
@@ -468,7 +510,7 @@ impl Worker {
     /// `XREADGROUP` from `id` (`0`: own pending history; `>`: new entries, blocking).
     async fn read(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         id: &str,
         block: Option<Duration>,
     ) -> Result<Vec<StreamId>, RedisError> {
@@ -481,7 +523,7 @@ impl Worker {
         if let Some(b) = block {
             cmd.arg("BLOCK").arg(b.as_millis() as u64);
         }
-        cmd.arg("STREAMS").arg(STREAM).arg(id);
+        cmd.arg("STREAMS").arg(&self.stream).arg(id);
         let reply: Result<Option<StreamReadReply>, RedisError> = cmd.query_async(conn).await;
         match reply {
             Ok(r) => Ok(r
@@ -499,11 +541,11 @@ impl Worker {
     /// `XAUTOCLAIM` entries idle longer than the claim threshold; returns the next cursor.
     async fn autoclaim(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         cursor: &str,
     ) -> Result<(String, Vec<StreamId>), RedisError> {
         let reply: Result<StreamAutoClaimReply, RedisError> = redis::cmd("XAUTOCLAIM")
-            .arg(STREAM)
+            .arg(&self.stream)
             .arg(GROUP)
             .arg(&self.consumer)
             .arg(self.cfg.outbox_claim_idle_ms)
@@ -522,16 +564,21 @@ impl Worker {
         }
     }
 
-    async fn update_pending(&self, conn: &mut MultiplexedConnection) -> Result<(), RedisError> {
-        let len: i64 = redis::cmd("XLEN").arg(STREAM).query_async(conn).await?;
-        self.metrics.pending.set(len);
+    async fn update_pending(&self, conn: &mut Conn) -> Result<(), RedisError> {
+        let len: i64 = redis::cmd("XLEN")
+            .arg(&self.stream)
+            .query_async(conn)
+            .await?;
+        self.backlog[self.group].store(len, Ordering::Relaxed);
+        let total = self.backlog.iter().map(|b| b.load(Ordering::Relaxed)).sum();
+        self.metrics.pending.set(total);
         Ok(())
     }
 
     /// Delivers a batch concurrently, then records every outcome in Redis.
     async fn handle_batch(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Conn,
         entries: Vec<StreamId>,
     ) -> Result<(), RedisError> {
         if entries.is_empty() {
@@ -583,12 +630,12 @@ impl Worker {
         redis::pipe()
             .atomic()
             .cmd("XACK")
-            .arg(STREAM)
+            .arg(&self.stream)
             .arg(GROUP)
             .arg(&ids)
             .ignore()
             .cmd("XDEL")
-            .arg(STREAM)
+            .arg(&self.stream)
             .arg(&ids)
             .ignore()
             .query_async::<()>(conn)
@@ -716,8 +763,7 @@ mod tests {
 
     #[test]
     fn backoff_is_capped() {
-        let w = Worker::new(
-            "redis://127.0.0.1:1/",
+        let w = Shared::new(
             OutboxConfig {
                 outbox_backoff_ms: 100,
                 outbox_max_backoff_ms: 1_000,

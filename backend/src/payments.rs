@@ -1,9 +1,10 @@
 //! The payments service (`backend payments`): a simulated payment provider.
 //!
-//! The ledger lives in Redis under its own keys (`pay:{<reservationId>}`, `pay:summary`), changed
-//! only by the Lua scripts in `payments/`: a restarted payments service still knows what it
-//! charged and refunded, as a real provider would, so the reservations saga's "ask, then refund"
-//! stays correct across a payments restart. API (SPEC §6):
+//! The ledger lives in Redis under its own keys (`pay:{<group>}:<reservationId>`, and per slot
+//! group `pay:summary:{<group>}`, see [`crate::slots`]: on a Redis Cluster a payment sits on its
+//! reservation's shard), changed only by the Lua scripts in `payments/`: a restarted payments
+//! service still knows what it charged and refunded, as a real provider would, so the
+//! reservations saga's "ask, then refund" stays correct across a payments restart. API (SPEC §6):
 //!
 //! - `POST /payments` `{reservationId, amount, userEmail}`: idempotent on `reservationId`. The
 //!   first charge answers 201 with the payment; a repeat answers 200 with the same payment (same
@@ -47,6 +48,7 @@ use serde_json::{json, Value};
 
 use crate::chaos::Chaos;
 use crate::error::ApiError;
+use crate::slots;
 use crate::store::{Store, StoreConfig, StoreError};
 use crate::telemetry::{self, Metrics, MetricsError};
 
@@ -67,6 +69,7 @@ pub struct PaymentsArgs {
     #[arg(long, env = "DECLINE_ABOVE", default_value_t = DEFAULT_DECLINE_ABOVE)]
     pub decline_above: f64,
     /// Redis holding the ledger (keys `pay:*`).
+    /// With `--redis-mode cluster` the cluster's seed nodes, comma-separated.
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// Guarded Redis tuning.
@@ -145,11 +148,15 @@ pub struct LedgerSummary {
 
 /// The ledger key of one reservation.
 fn payment_key(reservation_id: &str) -> String {
-    format!("pay:{{{reservation_id}}}")
+    let tag = slots::group_tag(slots::group_of_id(reservation_id));
+    format!("pay:{{{tag}}}:{reservation_id}")
 }
 
-/// The ledger totals key.
-const SUMMARY_KEY: &str = "pay:summary";
+/// The ledger totals of one slot group (kept next to its payments: the charge and its totals are
+/// one single-slot script on a Redis Cluster; the summary adds the groups up).
+fn summary_key(g: slots::Group) -> String {
+    format!("pay:summary:{{{}}}", slots::group_tag(g))
+}
 
 fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -178,7 +185,10 @@ impl Ledger {
         req: ChargeRequest,
         decline_above: f64,
     ) -> Result<ChargeOutcome, ApiError> {
-        let keys = [payment_key(&req.reservation_id), SUMMARY_KEY.to_owned()];
+        let keys = [
+            payment_key(&req.reservation_id),
+            summary_key(slots::group_of_id(&req.reservation_id)),
+        ];
         let declined = req.amount > decline_above;
         let args = [
             req.reservation_id.clone(),
@@ -213,7 +223,10 @@ impl Ledger {
     }
 
     async fn refund(&self, reservation_id: &str) -> Result<Payment, ApiError> {
-        let keys = [payment_key(reservation_id), SUMMARY_KEY.to_owned()];
+        let keys = [
+            payment_key(reservation_id),
+            summary_key(slots::group_of_id(reservation_id)),
+        ];
         let args = [reservation_id.to_owned(), now_rfc3339()];
         let reply: Vec<String> = self
             .store
@@ -260,21 +273,26 @@ impl Ledger {
         }
     }
 
-    /// Totals over every reservation.
+    /// Totals over every reservation: the slot groups' totals added up.
     pub async fn summary(&self) -> Result<LedgerSummary, ApiError> {
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(SUMMARY_KEY);
-        let m: HashMap<String, String> = self.store.query(&cmd).await.map_err(ledger_error)?;
-        let n = |k: &str| {
-            m.get(k)
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(0)
-                .max(0) as u64
-        };
-        let net: f64 = m
-            .get("netAmount")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
+        let reads = (0..slots::GROUPS).map(|g| async move {
+            let mut cmd = redis::cmd("HGETALL");
+            cmd.arg(summary_key(g));
+            self.store.query::<HashMap<String, String>>(&cmd).await
+        });
+        let (mut counts, mut net) = (HashMap::<&str, u64>::new(), 0.0f64);
+        for m in futures::future::join_all(reads).await {
+            let m = m.map_err(ledger_error)?;
+            for k in ["charged", "refunded", "declined", "refundsBeforeCharge"] {
+                let v = m.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+                *counts.entry(k).or_default() += v.max(0) as u64;
+            }
+            net += m
+                .get("netAmount")
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+        let n = |k: &str| counts.get(k).copied().unwrap_or(0);
         Ok(LedgerSummary {
             charged: n("charged"),
             refunded: n("refunded"),
@@ -563,7 +581,15 @@ mod tests {
     }
 
     #[test]
-    fn payment_keys_carry_the_reservation_as_hash_tag() {
-        assert_eq!(payment_key("r1"), "pay:{r1}");
+    fn payment_keys_share_the_reservations_slot() {
+        let id = slots::new_id_in_group(5);
+        assert_eq!(
+            slots::key_slot(&payment_key(&id)),
+            slots::key_slot(&summary_key(5))
+        );
+        assert_eq!(
+            slots::key_slot(&payment_key(&id)),
+            slots::key_slot(&crate::reservations::keys::reservation(&id))
+        );
     }
 }

@@ -16,16 +16,33 @@
 //! What counts as a failure for the breaker: connection errors, I/O errors and timeouts. Error
 //! replies from Redis (a Lua `redis.error_reply` raised by validation, a wrong type) mean Redis is
 //! healthy and answering; they are returned as [`StoreError::Redis`] and count as successes.
+//!
+//! Two modes (`--redis-mode`): `standalone` (one URL, one breaker: one node is one failure
+//! domain) and `cluster` (`--redis-url` lists seed nodes; a redis-rs cluster connection follows
+//! MOVED/ASK and failovers by itself). On a cluster every slot group of [`crate::slots`] has its
+//! own breaker, chosen by the first key of the call: when one master dies, the writes of its
+//! groups fail fast once their breakers open while the other shards go on, and each group
+//! recovers on its own after the replica's promotion. Calls without a key (`PING`) have a breaker
+//! of their own.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, RedisError, RedisResult};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
+    RedisResult, Value,
+};
 use resilience::{BreakerConfig, BreakerState, CircuitBreaker};
+use tokio::sync::OnceCell;
 
 use crate::chaos::Chaos;
+use crate::slots::{self, GROUPS};
 
 /// Defaults of [`StoreConfig`], written once for clap and `Default`.
 pub mod defaults {
@@ -45,9 +62,23 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
 }
 
+/// How the service reaches Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisMode {
+    /// One Redis server (`--redis-url redis://host:port`).
+    #[default]
+    Standalone,
+    /// A Redis Cluster (`--redis-url` lists seed nodes, comma-separated).
+    Cluster,
+}
+
 /// Tuning of the guarded Redis (each flag has an environment twin).
 #[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct StoreConfig {
+    /// `standalone`: `--redis-url` is one server; `cluster`: it lists Redis Cluster seed nodes,
+    /// comma-separated (`redis://a:7000,redis://b:7000`).
+    #[arg(long, env = "REDIS_MODE", value_enum, default_value_t = RedisMode::Standalone)]
+    pub redis_mode: RedisMode,
     /// Hard limit for one Redis call (command, script or pipeline), in milliseconds. Generous on
     /// purpose: a slow answer from a loaded Redis is not an outage. Fail-fast while Redis is
     /// unreachable comes from refused connections (instant) and the breaker, not from this.
@@ -78,6 +109,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            redis_mode: RedisMode::Standalone,
             redis_timeout_ms: defaults::TIMEOUT_MS,
             redis_breaker_failure_rate: defaults::BREAKER_FAILURE_RATE,
             redis_breaker_min_calls: defaults::BREAKER_MIN_CALLS,
@@ -174,10 +206,66 @@ fn is_infrastructure_failure(e: &RedisError) -> bool {
         )
 }
 
+/// The shared connection of either mode.
+#[derive(Clone)]
+pub enum Conn {
+    /// Standalone: a reconnecting multiplexed connection.
+    Single(ConnectionManager),
+    /// Standalone: a dedicated multiplexed connection (no reconnects).
+    Multiplexed(MultiplexedConnection),
+    /// Cluster: one multiplexed connection per node, slot-aware.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Multiplexed(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Multiplexed(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How connections are made in each mode.
+enum Target {
+    Single {
+        client: redis::Client,
+        manager: ConnectionManager,
+    },
+    Cluster {
+        client: Box<ClusterClient>,
+        /// Made on first use (connecting needs the network; [`Store::connect`] must not).
+        conn: OnceCell<ClusterConnection>,
+        seeds: Vec<String>,
+    },
+}
+
 struct Inner {
-    client: redis::Client,
-    manager: ConnectionManager,
-    breaker: Arc<CircuitBreaker>,
+    target: Target,
+    /// Standalone: one. Cluster: one per slot group, then one for calls without a key.
+    breakers: Vec<Arc<CircuitBreaker>>,
     chaos: Arc<Chaos>,
     cfg: StoreConfig,
 }
@@ -197,36 +285,38 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Splits `--redis-url` into its URLs (comma-separated, blanks ignored).
+pub fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 impl Store {
     /// Prepares the store without waiting for Redis: only a malformed URL fails. Must be called
     /// inside a Tokio runtime (it spawns a background warm-up `PING`).
     pub fn connect(url: &str, cfg: StoreConfig, chaos: Arc<Chaos>) -> Result<Store, StoreError> {
-        let client = redis::Client::open(url)?;
-        let connect_timeout = Duration::from_millis(cfg.redis_connect_timeout_ms.max(1));
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(10))
-            .set_max_delay(Duration::from_millis(100))
-            .set_connection_timeout(Some(connect_timeout))
-            // Our own timeout bounds every call; this one only reaps a wedged connection.
-            .set_response_timeout(Some(cfg.timeout().max(Duration::from_secs(1))));
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)?;
+        let (target, breakers) = match cfg.redis_mode {
+            RedisMode::Standalone => (single_target(url, &cfg)?, 1),
+            RedisMode::Cluster => (cluster_target(url, &cfg)?, GROUPS + 1),
+        };
         let store = Store {
             inner: Arc::new(Inner {
-                client,
-                manager,
-                breaker: CircuitBreaker::new(cfg.breaker()),
+                target,
+                breakers: (0..breakers)
+                    .map(|_| CircuitBreaker::new(cfg.breaker()))
+                    .collect(),
                 chaos,
                 cfg,
             }),
         };
-        let warm = store.inner.manager.clone();
+        let warm = store.clone();
         tokio::spawn(async move {
-            let mut conn = warm;
             let ping = redis::cmd("PING");
-            match tokio::time::timeout(connect_timeout * 2, ping.query_async::<String>(&mut conn))
-                .await
-            {
+            let wait = warm.connect_timeout() * 2;
+            match tokio::time::timeout(wait, warm.unguarded::<String>(&ping)).await {
                 Ok(Ok(_)) => tracing::info!("redis connected"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "redis not reachable yet"),
                 Err(_) => tracing::warn!("redis not answering yet"),
@@ -236,7 +326,8 @@ impl Store {
         Ok(store)
     }
 
-    /// Runs a Lua script: `EVALSHA`, and on `NOSCRIPT` loads it and retries (redis-rs does it).
+    /// Runs a Lua script: `EVALSHA`, and on `NOSCRIPT` loads it and retries (redis-rs does it;
+    /// on a cluster on the node of the first key).
     pub async fn invoke_script<T: FromRedisValue>(
         &self,
         script: &redis::Script,
@@ -250,21 +341,31 @@ impl Store {
         for a in args {
             invocation.arg(a);
         }
-        self.guarded(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await
+        let route = keys.first().map(String::as_str);
+        self.guarded(route, |mut conn| async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await
     }
 
     /// Runs one command.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        self.guarded(|mut conn| async move { cmd.query_async(&mut conn).await })
-            .await
+        self.guarded(first_key(cmd), |mut conn| async move {
+            cmd.query_async(&mut conn).await
+        })
+        .await
     }
 
-    /// Runs a pipeline (or `MULTI`/`EXEC` transaction). Pipelines do not reload scripts on
-    /// `NOSCRIPT`: use [`Store::invoke_script`] for scripts.
+    /// Runs a pipeline (or `MULTI`/`EXEC` transaction). On a cluster every key of a pipeline
+    /// must be in one slot. Pipelines do not reload scripts on `NOSCRIPT`: use
+    /// [`Store::invoke_script`] for scripts.
     pub async fn pipeline<T: FromRedisValue>(&self, p: &redis::Pipeline) -> Result<T, StoreError> {
-        self.guarded(|mut conn| async move { p.query_async(&mut conn).await })
-            .await
+        let route = p.cmd_iter().next().and_then(first_key);
+        self.guarded(
+            route,
+            |mut conn| async move { p.query_async(&mut conn).await },
+        )
+        .await
     }
 
     /// `PING` through the guard: `Ok` when Redis answers (for `/ready`).
@@ -272,19 +373,37 @@ impl Store {
         self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
     }
 
-    /// False while chaos `inventoryDown` is on or the breaker is open: calls would fail fast.
+    /// The mode in force.
+    pub fn mode(&self) -> RedisMode {
+        self.inner.cfg.redis_mode
+    }
+
+    /// False while chaos `inventoryDown` is on or any breaker is open.
     pub fn is_available(&self) -> bool {
         !self.inner.chaos.inventory_down() && self.breaker_state() != BreakerState::Open
     }
 
-    /// The Redis breaker's state (for metrics and status pages).
+    /// The worst state over the breakers (for metrics and status pages): `Open` if any is open.
     pub fn breaker_state(&self) -> BreakerState {
-        self.inner.breaker.state()
+        let states = self.inner.breakers.iter().map(|b| b.state());
+        let mut worst = BreakerState::Closed;
+        for s in states {
+            match s {
+                BreakerState::Open => return BreakerState::Open,
+                BreakerState::HalfOpen => worst = BreakerState::HalfOpen,
+                BreakerState::Closed => {}
+            }
+        }
+        worst
     }
 
     /// The per-call timeout in force.
     pub fn timeout(&self) -> Duration {
         self.inner.cfg.timeout()
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.cfg.redis_connect_timeout_ms.max(1))
     }
 
     /// A new dedicated connection, outside the breaker and the shared connection, for blocking
@@ -293,18 +412,68 @@ impl Store {
     pub async fn dedicated_connection(
         &self,
         response_timeout: Option<Duration>,
-    ) -> Result<MultiplexedConnection, StoreError> {
-        dedicated_connection(
-            &self.inner.client,
-            Duration::from_millis(self.inner.cfg.redis_connect_timeout_ms.max(1)),
-            response_timeout,
-        )
-        .await
+    ) -> Result<Conn, StoreError> {
+        let connect_timeout = self.connect_timeout();
+        let made = match &self.inner.target {
+            Target::Single { client, .. } => {
+                let cfg = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(response_timeout);
+                let connecting = client.get_multiplexed_async_connection_with_config(&cfg);
+                tokio::time::timeout(connect_timeout * 2, async {
+                    connecting.await.map(Conn::Multiplexed)
+                })
+                .await
+            }
+            Target::Cluster { seeds, .. } => {
+                let client = cluster_client(seeds, &self.inner.cfg, response_timeout)?;
+                tokio::time::timeout(connect_timeout * 2, async {
+                    client.get_async_connection().await.map(Conn::Cluster)
+                })
+                .await
+            }
+        };
+        match made {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) if e.is_connection_refusal() => Err(StoreError::Unavailable {
+                retry_after_secs: 1,
+            }),
+            Ok(Err(e)) => Err(StoreError::Redis(e)),
+            Err(_) => Err(StoreError::Timeout),
+        }
     }
 
-    async fn guarded<'a, T, F, Fut>(&'a self, op: F) -> Result<T, StoreError>
+    /// The shared connection (made on first use on a cluster).
+    async fn conn(&self) -> RedisResult<Conn> {
+        match &self.inner.target {
+            Target::Single { manager, .. } => Ok(Conn::Single(manager.clone())),
+            Target::Cluster { client, conn, .. } => conn
+                .get_or_try_init(|| client.get_async_connection())
+                .await
+                .map(|c| Conn::Cluster(c.clone())),
+        }
+    }
+
+    /// The breaker guarding calls whose first key is `route`.
+    fn breaker(&self, route: Option<&str>) -> &Arc<CircuitBreaker> {
+        let breakers = &self.inner.breakers;
+        let i = match (breakers.len(), route) {
+            (1, _) => 0,
+            (_, Some(key)) => slots::group_of_key(key),
+            (_, None) => GROUPS,
+        };
+        &breakers[i.min(breakers.len() - 1)]
+    }
+
+    /// One call outside the breakers and chaos (warm-up and background probes).
+    async fn unguarded<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        let mut conn = self.conn().await?;
+        cmd.query_async(&mut conn).await
+    }
+
+    async fn guarded<'a, T, F, Fut>(&'a self, route: Option<&str>, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>> + 'a,
     {
         if self.inner.chaos.inventory_down() {
@@ -313,18 +482,18 @@ impl Store {
             });
         }
         let permit = self
-            .inner
-            .breaker
+            .breaker(route)
             .try_acquire()
             .map_err(|open| StoreError::Unavailable {
                 retry_after_secs: open.retry_after.as_secs_f64().ceil().max(1.0) as u64,
             })?;
-        let conn = self.inner.manager.clone();
-        match tokio::time::timeout(self.timeout(), op(conn)).await {
+        let call = async move { op(self.conn().await?).await };
+        match tokio::time::timeout(self.timeout(), call).await {
             Err(_) => {
                 permit.failure();
                 tracing::warn!(
                     timeout_ms = self.inner.cfg.redis_timeout_ms,
+                    route = route.unwrap_or(""),
                     "redis call timed out"
                 );
                 Err(StoreError::Timeout)
@@ -335,7 +504,7 @@ impl Store {
             }
             Ok(Err(e)) if is_infrastructure_failure(&e) => {
                 permit.failure();
-                tracing::warn!(error = %e, "redis call failed");
+                tracing::warn!(error = %e, route = route.unwrap_or(""), "redis call failed");
                 if e.is_connection_refusal() {
                     Err(StoreError::Unavailable {
                         retry_after_secs: 1,
@@ -353,66 +522,115 @@ impl Store {
     }
 }
 
-/// How often [`monitor`] looks at a breaker that is not closed.
+/// The first key of a command (its second argument), if it is text.
+fn first_key(cmd: &Cmd) -> Option<&str> {
+    match cmd.args_iter().nth(1)? {
+        redis::Arg::Simple(bytes) => std::str::from_utf8(bytes).ok(),
+        _ => None,
+    }
+}
+
+fn single_target(url: &str, cfg: &StoreConfig) -> Result<Target, StoreError> {
+    let client = redis::Client::open(url)?;
+    let manager_cfg = ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(10))
+        .set_max_delay(Duration::from_millis(100))
+        .set_connection_timeout(Some(Duration::from_millis(
+            cfg.redis_connect_timeout_ms.max(1),
+        )))
+        // Our own timeout bounds every call; this one only reaps a wedged connection.
+        .set_response_timeout(Some(cfg.timeout().max(Duration::from_secs(1))));
+    let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)?;
+    Ok(Target::Single { client, manager })
+}
+
+fn cluster_target(urls: &str, cfg: &StoreConfig) -> Result<Target, StoreError> {
+    let seeds = split_urls(urls);
+    let client = cluster_client(&seeds, cfg, Some(cfg.timeout().max(Duration::from_secs(1))))?;
+    Ok(Target::Cluster {
+        client: Box::new(client),
+        conn: OnceCell::new(),
+        seeds,
+    })
+}
+
+/// A cluster client over `seeds`. Few, short internal retries: our own timeout and breakers
+/// decide; the retries only ride over a MOVED after a failover or a slot refresh.
+fn cluster_client(
+    seeds: &[String],
+    cfg: &StoreConfig,
+    response_timeout: Option<Duration>,
+) -> Result<ClusterClient, StoreError> {
+    if seeds.is_empty() {
+        return Err(StoreError::Redis(RedisError::from((
+            ErrorKind::InvalidClientConfig,
+            "--redis-url lists no seed node",
+        ))));
+    }
+    let mut b = ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        .connection_timeout(Duration::from_millis(cfg.redis_connect_timeout_ms.max(1)))
+        .retries(2)
+        .min_retry_wait(10)
+        .max_retry_wait(100);
+    if let Some(t) = response_timeout {
+        b = b.response_timeout(t);
+    }
+    Ok(b.build()?)
+}
+
+/// How often [`monitor`] looks at breakers that are not closed.
 const MONITOR_EVERY: Duration = Duration::from_millis(250);
 
-/// Background recovery, independent of traffic: while the breaker is not closed, `PING` Redis
-/// outside the breaker (each failure makes the connection manager start a fresh reconnect, so the
-/// connection is ready when Redis returns), and once the open period is over use the half-open
-/// probe permit for a `PING`, so the breaker closes within [`MONITOR_EVERY`] of Redis answering
-/// again. Ends when the last [`Store`] clone is dropped.
+/// Background recovery, independent of traffic: for each breaker that is not closed, probe its
+/// part of Redis outside the breaker (standalone: `PING`, which also makes the connection
+/// manager reconnect; cluster: a read of a key in the breaker's slot group, so it reaches the
+/// node now owning those slots), and once the open period is over use the half-open probe
+/// permit for it, so the breaker closes within [`MONITOR_EVERY`] of Redis answering again. Ends
+/// when the last [`Store`] clone is dropped.
 async fn monitor(store: std::sync::Weak<Inner>) {
     loop {
         tokio::time::sleep(MONITOR_EVERY).await;
         let Some(inner) = store.upgrade() else { return };
-        let state = inner.breaker.state();
-        if state == BreakerState::Closed || inner.chaos.inventory_down() {
+        if inner.chaos.inventory_down() {
             continue;
         }
-        let permit = if state == BreakerState::HalfOpen {
-            inner.breaker.try_acquire().ok()
-        } else {
-            None
-        };
-        let mut conn = inner.manager.clone();
-        let ping = redis::cmd("PING");
-        let ok = matches!(
-            tokio::time::timeout(inner.cfg.timeout(), ping.query_async::<String>(&mut conn)).await,
-            Ok(Ok(_))
-        );
-        match (permit, ok) {
-            (Some(p), true) => {
-                p.success();
-                tracing::info!("redis is back, breaker closed");
+        let store = Store { inner };
+        for (i, breaker) in store.inner.breakers.iter().enumerate() {
+            let state = breaker.state();
+            if state == BreakerState::Closed {
+                continue;
             }
-            (Some(p), false) => p.failure(),
-            (None, _) => {}
+            let permit = if state == BreakerState::HalfOpen {
+                breaker.try_acquire().ok()
+            } else {
+                None
+            };
+            let probe = probe_cmd(store.inner.breakers.len(), i);
+            let ok = matches!(
+                tokio::time::timeout(store.timeout(), store.unguarded::<Value>(&probe)).await,
+                Ok(Ok(_))
+            );
+            match (permit, ok) {
+                (Some(p), true) => {
+                    p.success();
+                    tracing::info!(breaker = i, "redis is back, breaker closed");
+                }
+                (Some(p), false) => p.failure(),
+                (None, _) => {}
+            }
         }
     }
 }
 
-/// Opens a multiplexed connection with the given timeouts (used by [`Store`] and the outbox).
-pub async fn dedicated_connection(
-    client: &redis::Client,
-    connect_timeout: Duration,
-    response_timeout: Option<Duration>,
-) -> Result<MultiplexedConnection, StoreError> {
-    let cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(response_timeout);
-    match tokio::time::timeout(
-        connect_timeout * 2,
-        client.get_multiplexed_async_connection_with_config(&cfg),
-    )
-    .await
-    {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) if e.is_connection_refusal() => Err(StoreError::Unavailable {
-            retry_after_secs: 1,
-        }),
-        Ok(Err(e)) => Err(StoreError::Redis(e)),
-        Err(_) => Err(StoreError::Timeout),
+/// The probe of breaker `i` of `n`: `PING`, or on a cluster `EXISTS` of a key in group `i`.
+fn probe_cmd(n: usize, i: usize) -> Cmd {
+    if n == 1 || i >= GROUPS {
+        return redis::cmd("PING");
     }
+    let mut cmd = redis::cmd("EXISTS");
+    cmd.arg(format!("probe:{{{}}}", slots::group_tag(i)));
+    cmd
 }
 
 #[cfg(test)]

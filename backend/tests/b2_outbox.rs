@@ -1,14 +1,18 @@
 //! The outbox worker with a real redis-server and a real notifications service (in-process router
 //! on a loopback port): delivery + ack + `notification=sent`, notifications down then back, no
-//! duplicates on redelivery, takeover from a dead consumer, Redis restarting empty.
+//! duplicates on redelivery, takeover from a dead consumer, Redis restarting empty. Entries are
+//! written to one slot group's stream; the worker consumes every group's.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use backend::chaos::Chaos;
 use backend::chaos::ChaosSettings;
 use backend::notifications::{router, NotificationsState};
-use backend::outbox::{spawn_worker_with_metrics, OutboxConfig, OutboxMetrics, GROUP, STREAM};
+use backend::outbox::{spawn_worker_with_metrics, stream, OutboxConfig, OutboxMetrics, GROUP};
+use backend::reservations::keys;
+use backend::store::{Store, StoreConfig};
 use common::RedisServer;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::watch;
@@ -43,8 +47,8 @@ async fn setup_with(claim_idle_ms: u64, give_up_ms: u64) -> Setup {
     };
     let metrics = OutboxMetrics::new().unwrap();
     let (stop, rx) = watch::channel(false);
-    let worker =
-        spawn_worker_with_metrics(redis.url(), cfg, "worker-1".into(), rx, metrics.clone());
+    let store = Store::connect(&redis.url(), StoreConfig::default(), Chaos::new()).unwrap();
+    let worker = spawn_worker_with_metrics(store, cfg, "worker-1".into(), rx, metrics.clone());
     Setup {
         redis,
         notifications,
@@ -64,7 +68,7 @@ async fn conn(redis: &RedisServer) -> MultiplexedConnection {
 
 async fn xadd(c: &mut MultiplexedConnection, reservation: &str, kind: &str) -> String {
     redis::cmd("XADD")
-        .arg(STREAM)
+        .arg(stream(0))
         .arg("*")
         .arg("reservationId")
         .arg(reservation)
@@ -83,7 +87,7 @@ async fn xadd(c: &mut MultiplexedConnection, reservation: &str, kind: &str) -> S
 
 async fn reservation_hash(c: &mut MultiplexedConnection, id: &str) {
     let _: () = redis::cmd("HSET")
-        .arg(format!("res:{{{id}}}"))
+        .arg(keys::reservation(id))
         .arg("status")
         .arg("CONFIRMED")
         .arg("notification")
@@ -95,7 +99,7 @@ async fn reservation_hash(c: &mut MultiplexedConnection, id: &str) {
 
 async fn notification_field(c: &mut MultiplexedConnection, id: &str) -> Option<String> {
     redis::cmd("HGET")
-        .arg(format!("res:{{{id}}}"))
+        .arg(keys::reservation(id))
         .arg("notification")
         .query_async(c)
         .await
@@ -120,7 +124,7 @@ where
 
 async fn pending(c: &mut MultiplexedConnection) -> usize {
     let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-        .arg(STREAM)
+        .arg(stream(0))
         .arg(GROUP)
         .query_async(c)
         .await
@@ -161,7 +165,7 @@ async fn delivers_acks_and_marks_sent() {
     assert_eq!(r1[0].message, "Reservation R1: reservation_confirmed");
     // No hash is created for a reservation that does not exist.
     let exists: bool = redis::cmd("EXISTS")
-        .arg("res:{R2}")
+        .arg(keys::reservation("R2"))
         .query_async(&mut c2)
         .await
         .unwrap();
@@ -174,7 +178,7 @@ async fn delivers_acks_and_marks_sent() {
         .await
     );
     let len: usize = redis::cmd("XLEN")
-        .arg(STREAM)
+        .arg(stream(0))
         .query_async(&mut c2)
         .await
         .unwrap();
@@ -266,7 +270,7 @@ async fn redelivery_and_dead_consumer_takeover_never_duplicate() {
         .arg("COUNT")
         .arg(10)
         .arg("STREAMS")
-        .arg(STREAM)
+        .arg(stream(0))
         .arg(">")
         .query_async(&mut c)
         .await
@@ -335,7 +339,7 @@ async fn invalid_or_too_old_entries_are_marked_failed() {
     // Rejected by notifications (422: no userEmail): failed at once, not retried.
     reservation_hash(&mut c, "R10").await;
     let _: String = redis::cmd("XADD")
-        .arg(STREAM)
+        .arg(stream(0))
         .arg("*")
         .arg("reservationId")
         .arg("R10")

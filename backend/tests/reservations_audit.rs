@@ -14,9 +14,10 @@ use backend::reservations::admin::AUDIT_BATCH;
 use backend::reservations::inventory::{
     Confirmation, HoldOutcome, HoldRequest, HoldTiming, Inventory, Step,
 };
+use backend::reservations::keys;
 use backend::reservations::saga::now;
 use backend::store::{Store, StoreConfig};
-use common::{free_port, BackendProcess, RedisServer};
+use common::{free_port, res_id, BackendProcess, RedisServer};
 use serde_json::Value;
 
 /// General-admission reservations (quantities 1, 2, 3 in turn: 2 places on average).
@@ -38,11 +39,11 @@ const TIGHT_TIMEOUT_MS: &str = "250";
 const _: () = assert!(GA_RESERVATIONS > 4 * AUDIT_BATCH && HALL_RESERVATIONS > AUDIT_BATCH);
 
 fn ga_id(i: usize) -> String {
-    format!("big-{i:05}")
+    res_id(&format!("big-{i:05}"), "BIG")
 }
 
 fn hall_id(i: usize) -> String {
-    format!("hall-{i:05}")
+    res_id(&format!("hall-{i:05}"), "HALL")
 }
 
 /// One reservation taken to CONFIRMED by the real scripts.
@@ -66,6 +67,8 @@ async fn confirm_one(inv: &Inventory, event: &str, res_id: &str, seats: &[String
                 lease_ms: 600_000,
                 owner: "audit-test",
                 pay_within_ms: None,
+                not_after_ms: None,
+                stale_claim_ms: 20_000,
             },
         )
         .await
@@ -215,7 +218,7 @@ async fn audit_of_thousands_of_confirmed_reservations_is_batched() {
         .expect("redis connection");
     let last = ga_id(GA_RESERVATIONS - 1);
     let _: i64 = redis::cmd("HSET")
-        .arg(format!("res:{{{last}}}"))
+        .arg(keys::reservation(&last))
         .arg("status")
         .arg("CANCELLED")
         .query_async(&mut c)
@@ -223,7 +226,7 @@ async fn audit_of_thousands_of_confirmed_reservations_is_batched() {
         .expect("HSET");
     let first = hall_id(0);
     let _: i64 = redis::cmd("DEL")
-        .arg(format!("res:{{{first}}}"))
+        .arg(keys::reservation(&first))
         .query_async(&mut c)
         .await
         .expect("DEL");

@@ -178,11 +178,12 @@ async fn an_abandoned_hold_returns_to_stock_after_its_ttl() {
         Store::connect(&stack.redis.url(), StoreConfig::default(), Chaos::new()).expect("store");
     let inv = Inventory::new(store);
     let seats = vec!["G7".to_owned(), "G8".to_owned()];
+    let abandoned = common::res_id("abandoned-1", "EVT-001");
     let (now_ms, now_iso) = now();
     let held = inv
         .hold(
             &HoldRequest {
-                res_id: "abandoned-1",
+                res_id: &abandoned,
                 event_id: "EVT-001",
                 seats: &seats,
                 quantity: 2,
@@ -197,6 +198,8 @@ async fn an_abandoned_hold_returns_to_stock_after_its_ttl() {
                 lease_ms: 1000,
                 owner: "a-dead-replica",
                 pay_within_ms: None,
+                not_after_ms: None,
+                stale_claim_ms: 20_000,
             },
         )
         .await
@@ -213,7 +216,7 @@ async fn an_abandoned_hold_returns_to_stock_after_its_ttl() {
     })
     .await;
     assert!(back.is_some(), "hold never returned to stock");
-    assert_eq!(stack.reservation("abandoned-1").await["status"], "EXPIRED");
+    assert_eq!(stack.reservation(&abandoned).await["status"], "EXPIRED");
     let ev = stack.audit_ok("EVT-001").await;
     assert_eq!(ev["held"], 0);
     assert_eq!(ev["available"], 100);

@@ -7,6 +7,7 @@ mod reservations_support;
 
 use std::time::Duration;
 
+use backend::reservations::keys;
 use reqwest::StatusCode;
 
 use reservations_support::{eventually, seat_body, Stack};
@@ -54,9 +55,9 @@ async fn unsold_reservations_expire_and_leave_the_user_index_sold_ones_stay() {
     let failed_id = listed.body[1]["reservationId"].as_str().unwrap().to_owned();
     assert_eq!(listed.body[1]["status"], "FAILED");
 
-    assert!(ttl(&stack, format!("res:{{{failed_id}}}")).await > 0);
-    assert!(ttl(&stack, format!("res:{{{failed_id}}}:hist")).await > 0);
-    assert_eq!(ttl(&stack, format!("res:{{{sold_id}}}")).await, -1);
+    assert!(ttl(&stack, keys::reservation(&failed_id)).await > 0);
+    assert!(ttl(&stack, keys::history(&failed_id)).await > 0);
+    assert_eq!(ttl(&stack, keys::reservation(&sold_id)).await, -1);
 
     let gone = eventually(Duration::from_secs(5), || async {
         let a = stack
@@ -75,7 +76,10 @@ async fn unsold_reservations_expire_and_leave_the_user_index_sold_ones_stay() {
     );
     assert_eq!(listed.body[0]["reservationId"], sold_id.as_str());
     let indexed: i64 = redis::cmd("ZCARD")
-        .arg(format!("user:{{{email}}}:res"))
+        .arg(keys::user_index(
+            keys::event_group("EVT-001"),
+            &email.to_ascii_lowercase(),
+        ))
         .query_async(&mut redis_conn(&stack).await)
         .await
         .expect("ZCARD");
@@ -91,7 +95,7 @@ async fn unsold_reservations_expire_and_leave_the_user_index_sold_ones_stay() {
         )
         .await;
     assert_eq!(cancel.status, StatusCode::OK, "{}", cancel.raw);
-    assert!(ttl(&stack, format!("res:{{{sold_id}}}")).await > 0);
+    assert!(ttl(&stack, keys::reservation(&sold_id)).await > 0);
     let ev = stack.audit_ok("EVT-001").await;
     assert_eq!(ev["sold"], 0);
 }

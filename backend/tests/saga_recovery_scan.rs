@@ -19,7 +19,7 @@ use backend::reservations::recovery;
 use backend::reservations::saga::{now, Saga, SagaConfig, SagaMetrics};
 use backend::store::{Store, StoreConfig};
 use backend::telemetry::Metrics;
-use common::{BackendProcess, RedisServer};
+use common::{res_id, BackendProcess, RedisServer};
 
 const LIVE: usize = 150;
 
@@ -43,6 +43,8 @@ async fn pending(inv: &Inventory, res_id: &str, owner: &str, lease_ms: u64) {
                 lease_ms,
                 owner,
                 pay_within_ms: Some(60_000),
+                not_after_ms: None,
+                stale_claim_ms: 20_000,
             },
         )
         .await
@@ -61,7 +63,13 @@ async fn gap3_recovery_finds_an_abandoned_saga_behind_many_long_settles() {
     // A live replica drives 150 long sagas and keeps renewing their leases.
     let lease_ms = 1_000;
     for i in 0..LIVE {
-        pending(&inv, &format!("live-{i:03}"), "live-replica", lease_ms).await;
+        pending(
+            &inv,
+            &res_id(&format!("live-{i:03}"), "EVT-002"),
+            "live-replica",
+            lease_ms,
+        )
+        .await;
     }
     let renewer = {
         let inv = inv.clone();
@@ -79,7 +87,8 @@ async fn gap3_recovery_finds_an_abandoned_saga_behind_many_long_settles() {
     };
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     // A saga whose replica died: its lease expires and nobody renews it.
-    pending(&inv, "abandoned", "dead-replica", 300).await;
+    let abandoned = res_id("abandoned", "EVT-002");
+    pending(&inv, &abandoned, "dead-replica", 300).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     let metrics = Metrics::new("test").expect("metrics");
@@ -103,7 +112,7 @@ async fn gap3_recovery_finds_an_abandoned_saga_behind_many_long_settles() {
     let mut finished = false;
     for _ in 0..20 {
         recovery::run_once(&saga).await;
-        let rec = inv.load("abandoned").await.expect("load").expect("exists");
+        let rec = inv.load(&abandoned).await.expect("load").expect("exists");
         if rec.view.status == ReservationStatus::Failed {
             finished = true;
             break;

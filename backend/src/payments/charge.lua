@@ -1,6 +1,6 @@
 -- Charges a reservation once (idempotent on the reservation id), or declines it, and keeps the
 -- ledger totals in the same script.
--- KEYS: 1 pay:{resId}, 2 pay:summary
+-- KEYS: 1 the payment (pay:{group}:resId), 2 its slot group's totals (pay:summary:{group})
 -- ARGV: 1 resId, 2 amount, 3 userEmail, 4 declined ('1'|'0'), 5 new paymentId, 6 nowIso
 -- Returns {tag, paymentId, amount, userEmail, status, createdAt, refundedAt} with tag 'created' |
 -- 'repeated' | 'declined', or {'mismatch'} (another amount or e-mail), or {'already_refunded',

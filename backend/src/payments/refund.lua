@@ -1,6 +1,6 @@
 -- Refunds a reservation's charge (idempotent). With nothing charged, records a tombstone so a
 -- charge arriving later is refused: a compensated reservation never ends charged.
--- KEYS: 1 pay:{resId}, 2 pay:summary
+-- KEYS: 1 the payment (pay:{group}:resId), 2 its slot group's totals (pay:summary:{group})
 -- ARGV: 1 resId, 2 nowIso
 -- Returns {'refunded', paymentId, amount, userEmail, status, createdAt, refundedAt} |
 -- {'tombstone'} (nothing was charged) | {'not_refundable'} (declined)

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::keys;
 use super::validation::{is_valid_id, MAX_EVENT_ID_LEN, MAX_SEAT_ID_LEN};
 use crate::error::ApiError;
+use crate::slots::GROUPS;
 use crate::store::{Store, StoreError};
 
 /// Largest general-admission capacity.
@@ -252,7 +253,14 @@ async fn reservation_rows(
 /// (scan cursors and bounded pipelines), so a big event neither blocks Redis nor runs into the
 /// store's per-call timeout. Not a snapshot: run it while the system is quiet to compare counters.
 pub async fn audit(store: &Store) -> Result<Audit, StoreError> {
-    let (ids, ids_complete) = set_members(store, keys::EVENTS).await?;
+    let mut ids = Vec::new();
+    let mut ids_complete = true;
+    for g in 0..GROUPS {
+        let (group_ids, complete) = set_members(store, &keys::events(g)).await?;
+        ids.extend(group_ids);
+        ids_complete &= complete;
+    }
+    ids.sort_unstable();
     let mut events = Vec::with_capacity(ids.len());
     let mut violations = Vec::new();
     if !ids_complete {

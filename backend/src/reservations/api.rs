@@ -17,6 +17,7 @@ use super::answer::{self, reservation_not_found, store_error};
 use super::error::SagaError;
 use super::events::{EventDetail, EventReader, EventSummary, ReadError};
 use super::json::JsonBody;
+use super::keys;
 use super::model::Reservation;
 use super::openapi::{CREATED_LINKS_NOTE, INTERNAL, UNAVAILABLE_READ, UNAVAILABLE_WRITE};
 use super::saga::Saga;
@@ -358,6 +359,30 @@ pub async fn get_audit(State(s): State<AppState>) -> Result<Response, ApiError> 
         .await
         .map_err(|e| store_error(&e))?;
     Ok(Json(audit).into_response())
+}
+
+/// `GET /admin/placement/{eventId}`: where the event's keys live on a Redis Cluster (its slot
+/// group's hash tag and hash slot), so an operator or a failure drill can find the owning master
+/// (`CLUSTER SLOTS`). A function of the id alone: the event need not exist.
+pub async fn get_placement(
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let event_id = path_id(path).unwrap_or_default();
+    if !is_valid_id(&event_id, MAX_EVENT_ID_LEN) {
+        return Err(ApiError::not_found(
+            "event_not_found",
+            format!("event {event_id} does not exist"),
+        ));
+    }
+    let key = keys::event_meta(&event_id);
+    let group = keys::event_group(&event_id);
+    Ok(Json(serde_json::json!({
+        "eventId": event_id,
+        "group": group,
+        "hashTag": crate::slots::group_tag(group),
+        "slot": crate::slots::key_slot(&key),
+    }))
+    .into_response())
 }
 
 /// `GET /ready` body.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::keys;
+use crate::slots::{Group, GROUPS};
 use crate::store::{Store, StoreError};
 
 /// Oldest cached answer served while Redis is unreachable.
@@ -146,12 +147,23 @@ fn is_unreachable(e: &StoreError) -> bool {
     e.reply_message().is_none()
 }
 
-/// Reads every event's counters from Redis (two round trips), sorted by id.
+/// Reads every event's counters from Redis, sorted by id: per slot group (concurrently) its
+/// event set, then its events' metadata in one pipeline (a pipeline stays in one slot).
 pub async fn fetch_list(store: &Store) -> Result<Vec<EventSummary>, StoreError> {
-    let mut ids: Vec<String> = store
-        .query(redis::cmd("SMEMBERS").arg(keys::EVENTS))
+    let groups = (0..GROUPS).map(|g| fetch_group(store, g));
+    let mut all = Vec::new();
+    for part in futures::future::join_all(groups).await {
+        all.extend(part?);
+    }
+    all.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
+    Ok(all)
+}
+
+/// The events of one slot group.
+async fn fetch_group(store: &Store, g: Group) -> Result<Vec<EventSummary>, StoreError> {
+    let ids: Vec<String> = store
+        .query(redis::cmd("SMEMBERS").arg(keys::events(g)))
         .await?;
-    ids.sort_unstable();
     if ids.is_empty() {
         return Ok(Vec::new());
     }

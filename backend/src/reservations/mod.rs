@@ -53,7 +53,8 @@ pub struct ReservationsArgs {
     /// Address to listen on.
     #[arg(long, env = "LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Redis holding inventory, sagas and the outbox.
+    /// Redis holding inventory, sagas and the outbox; with `--redis-mode cluster` the cluster's
+    /// seed nodes, comma-separated.
     #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// How long a seat hold lasts before returning to stock by itself, in milliseconds.
@@ -113,6 +114,7 @@ pub fn router(state: AppState, chaos: Arc<Chaos>, metrics: Arc<Metrics>) -> Rout
         )
         .route("/admin/events/{eventId}", put(api::put_event))
         .route("/admin/audit", get(api::get_audit))
+        .route("/admin/placement/{eventId}", get(api::get_placement))
         .route("/ready", get(api::ready))
         .with_state(state);
     let app = api
@@ -169,7 +171,7 @@ pub async fn run(args: ReservationsArgs) -> anyhow::Result<()> {
     let (_outbox_stop, outbox_stop_rx) = tokio::sync::watch::channel(false);
     let outbox_metrics = OutboxMetrics::register(&metrics.registry).context("outbox metrics")?;
     outbox::spawn_worker_with_metrics(
-        args.redis_url.clone(),
+        store.clone(),
         args.outbox.clone(),
         owner.clone(),
         outbox_stop_rx,

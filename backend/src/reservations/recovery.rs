@@ -14,6 +14,7 @@ use futures::StreamExt;
 use super::events::EventReader;
 use super::inventory::Claim;
 use super::saga::{now, Saga};
+use crate::slots::{Group, GROUPS};
 
 /// Sagas read per page of the due index.
 pub const PAGE: usize = 100;
@@ -24,15 +25,22 @@ const DRIVE_CONCURRENCY: usize = 16;
 /// How often the event cache is refreshed.
 const CACHE_REFRESH: Duration = Duration::from_secs(5);
 
-/// Runs one recovery pass; returns how many sagas it claimed and drove.
+/// Runs one recovery pass over every slot group; returns how many sagas it claimed and drove.
 pub async fn run_once(saga: &Saga) -> usize {
+    let groups = (0..GROUPS).map(|g| run_group(saga, g));
+    futures::future::join_all(groups).await.into_iter().sum()
+}
+
+/// [`run_once`] for one group's saga index. A group whose shard is down ends its pass at once;
+/// the others go on.
+async fn run_group(saga: &Saga, g: Group) -> usize {
     let mut driven = 0;
     for _ in 0..MAX_PAGES {
         let (now_ms, _) = now();
-        let ids = match saga.inv.due_sagas(now_ms, PAGE).await {
+        let ids = match saga.inv.due_sagas(g, now_ms, PAGE).await {
             Ok(ids) => ids,
             Err(e) => {
-                tracing::debug!(error = %e, "recovery: store unavailable");
+                tracing::debug!(group = g, error = %e, "recovery: store unavailable");
                 return driven;
             }
         };
@@ -78,8 +86,8 @@ async fn drive(saga: &Saga, id: String) {
 /// Seeds the demo events if Redis holds no events.
 pub async fn seed_if_empty(saga: &Saga) {
     match saga.inv.seed_demo().await {
-        Ok(true) => tracing::info!("demo events EVT-001 and EVT-002 created"),
-        Ok(false) => {}
+        Ok(0) => {}
+        Ok(n) => tracing::info!(created = n, "demo events EVT-001 and EVT-002 seeded"),
         Err(e) => tracing::debug!(error = %e, "demo seeding deferred: store unavailable"),
     }
 }

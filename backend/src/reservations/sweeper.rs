@@ -1,23 +1,31 @@
 //! The hold sweeper: returns holds past their deadline to stock. Deadlines live in each seat's
-//! state and in a sorted set; the sweeper scans only the due part of that set (never keyspace
+//! state and in a sorted set per slot group; the sweeper scans only the due part of that set (never keyspace
 //! notifications, which are fire-and-forget).
 
 use std::time::Duration;
 
 use super::keys;
 use super::saga::{now, Saga};
+use crate::slots::{Group, GROUPS};
 
 /// Most holds expired per page.
 const BATCH: usize = 200;
 /// Pages per pass.
 const MAX_PAGES: usize = 10;
 
-/// Expires every due hold (bounded passes); returns how many were expired.
+/// Expires every due hold of every slot group (bounded passes); returns how many were expired.
 pub async fn sweep_once(saga: &Saga) -> usize {
+    let groups = (0..GROUPS).map(|g| sweep_group(saga, g));
+    futures::future::join_all(groups).await.into_iter().sum()
+}
+
+/// [`sweep_once`] for one group's holds index. A group whose shard is down ends its pass at
+/// once; the others go on.
+async fn sweep_group(saga: &Saga, g: Group) -> usize {
     let mut expired = 0;
     for _ in 0..MAX_PAGES {
         let (now_ms, _) = now();
-        let Ok(due) = saga.inv.due_holds(now_ms, BATCH).await else {
+        let Ok(due) = saga.inv.due_holds(g, now_ms, BATCH).await else {
             return expired;
         };
         let n = due.len();
@@ -29,7 +37,7 @@ pub async fn sweep_once(saga: &Saga) -> usize {
                     }
                 }
                 None => {
-                    if let Err(e) = saga.inv.forget_hold_member(&member).await {
+                    if let Err(e) = saga.inv.forget_hold_member(g, &member).await {
                         tracing::warn!(%member, error = %e, "malformed hold entry not removed");
                     }
                 }

@@ -264,3 +264,13 @@ impl Drop for BackendProcess {
         self.kill();
     }
 }
+
+/// A deterministic reservation id for scripted tests: `name` plus the smallest suffix that puts
+/// it in `event`'s slot group, where the saga draws its random ids (`backend::slots`).
+pub fn res_id(name: &str, event: &str) -> String {
+    let g = backend::reservations::keys::event_group(event);
+    (0u32..)
+        .map(|k| format!("{name}-{k}"))
+        .find(|id| backend::slots::group_of_id(id) == g)
+        .expect("some suffix lands in every group")
+}

@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::common::{BackendProcess, RedisServer};
+use backend::reservations::keys;
 
 /// Redis + payments + notifications + reservations.
 pub struct Stack {
@@ -195,7 +196,7 @@ impl Stack {
             .await
             .expect("redis connection");
         let state: Option<String> = redis::cmd("HGET")
-            .arg(format!("ev:{{{event_id}}}:seats"))
+            .arg(keys::event_seats(event_id))
             .arg(seat)
             .query_async(&mut conn)
             .await

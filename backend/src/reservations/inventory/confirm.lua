@@ -2,10 +2,11 @@
 -- notification written in the same script: an entry exists if and only if the confirmation did.
 -- Refused once the saga was abandoned (a failure was decided: settle = 'refund') or its
 -- confirmBy instant passed on Redis' clock: a client told a failure never sees a confirmation.
+-- The idempotency record (another slot) is finished by the caller afterwards (idem_finish.lua);
+-- until then a replay answers from this saga.
 -- KEYS: 1 res, 2 ev seats, 3 ev meta, 4 res history, 5 sagas zset, 6 res lease,
---       7 outbox stream, 8 ev confirmed set, [9 idempotency record]
--- ARGV: 1 resId, 2 nowIso, 3 paymentId, 4 idempotent response body, 5 idemTtlSecs,
---       6 notification payload (JSON)
+--       7 outbox stream, 8 ev confirmed set
+-- ARGV: 1 resId, 2 nowIso, 3 paymentId, 4 notification payload (JSON)
 -- Returns {'ok', '0'} | {'missing'} | {'state', status, paymentId} | {'abandoned'} |
 -- {'too_late'} | {'lost', seat}
 local res_id = ARGV[1]
@@ -31,15 +32,8 @@ redis.call('HINCRBY', KEYS[3], 'sold', n)
 redis.call('HSET', KEYS[1], 'status', 'CONFIRMED', 'paymentId', ARGV[3])
 push_history(KEYS[4], 'confirm', 'CONFIRMED', ARGV[2])
 redis.call('XADD', KEYS[7], '*', 'reservationId', res_id, 'eventId', r[2], 'userEmail', r[7],
-  'kind', 'reservation_confirmed', 'payload', ARGV[6])
+  'kind', 'reservation_confirmed', 'payload', ARGV[4])
 redis.call('SADD', KEYS[8], res_id)
 redis.call('ZREM', KEYS[5], res_id)
 redis.call('DEL', KEYS[6])
-if KEYS[9] then
-  local rec = redis.call('HMGET', KEYS[9], 'state', 'resId')
-  if rec[1] == 'running' and rec[2] == res_id then
-    redis.call('HSET', KEYS[9], 'state', 'done', 'status', '201', 'body', ARGV[4])
-    redis.call('EXPIRE', KEYS[9], ARGV[5])
-  end
-end
 return {'ok', '0'}

@@ -1,33 +1,26 @@
 -- Holds seats (numbered) or capacity (general admission) and creates the saga, atomically.
--- Validates everything before writing anything; O(seats requested).
+-- Validates everything before writing anything; O(seats requested). Every key is in the event's
+-- slot group (single-slot on Redis Cluster); the idempotency record lives on its own slot and is
+-- claimed before this script runs (idem_claim.lua), so here it is only named in the saga.
 -- With a confirm budget (ARGV 14) the saga goes straight to PAYMENT_PENDING (the charge follows
 -- at once: one round trip instead of two, and the seats are never expirable under a charge) and
 -- records confirmBy = Redis time + budget: after that instant confirm.lua refuses, so a request
 -- that answered a failure at its deadline can never be followed by a confirmation.
+-- With notAfter (ARGV 13) nothing is held once Redis' clock has passed it: a hold delayed past
+-- its request's deadline (a frozen shard, a slow network) never lands after the request gave up,
+-- which is what lets a stale idempotency claim be taken over safely.
 -- KEYS: 1 ev meta, 2 ev seats, 3 res, 4 res history, 5 res lease, 6 holds zset, 7 sagas zset,
---       8 user index zset, [9 idempotency record]
+--       8 user index zset
 -- ARGV: 1 resId, 2 eventId, 3 mode ('seats'|'ga'), 4 quantity, 5 amount, 6 userEmail, 7 nowMs,
---       8 nowIso, 9 holdTtlMs, 10 leaseMs, 11 owner, 12 fingerprint, 13 idemTtlSecs,
---       14 confirmBudgetMs ('' = stay HELD), 15.. seat ids (mode 'seats')
+--       8 nowIso, 9 holdTtlMs, 10 leaseMs, 11 owner, 12 idempotency record key ('' = none),
+--       13 notAfterMs ('' = none), 14 confirmBudgetMs ('' = stay HELD), 15.. seat ids
 -- Returns {'ok', status} | {'rejected', code, detail} | {'expired', holderResId} (an expired hold
--- blocks a seat: expire it, then retry) | {'idem_reused'} |
--- {'idem', state, resId, err, detail, status, body}
+-- blocks a seat: expire it, then retry) | {'too_late'}
 local FIRST_SEAT = 15
 local res_id, event_id, mode = ARGV[1], ARGV[2], ARGV[3]
 local now = tonumber(ARGV[7])
-local idem = KEYS[9]
-if idem then
-  local rec = redis.call('HMGET', idem, 'fp', 'state', 'resId', 'err', 'detail', 'status', 'body')
-  if rec[1] then
-    if rec[1] ~= ARGV[12] then return {'idem_reused'} end
-    return {'idem', rec[2] or '', rec[3] or '', rec[4] or '', rec[5] or '', rec[6] or '', rec[7] or ''}
-  end
-end
+if ARGV[13] ~= '' and redis_now_ms() > tonumber(ARGV[13]) then return {'too_late'} end
 local function reject(code, detail)
-  if idem then
-    redis.call('HSET', idem, 'fp', ARGV[12], 'state', 'done', 'err', code, 'detail', detail)
-    redis.call('EXPIRE', idem, ARGV[13])
-  end
   return {'rejected', code, detail}
 end
 local meta = redis.call('HMGET', KEYS[1], 'kind', 'available', 'epoch')
@@ -73,7 +66,7 @@ redis.call('HSET', KEYS[3],
   'id', res_id, 'status', status, 'eventId', event_id, 'kind', mode, 'seats', seat_list,
   'quantity', n, 'amount', ARGV[5], 'userEmail', ARGV[6], 'paymentId', '',
   'notification', 'queued', 'createdAt', ARGV[8], 'createdMs', ARGV[7],
-  'holdDeadline', string.format('%d', deadline), 'epoch', meta[3] or '', 'idemKey', idem or '',
+  'holdDeadline', string.format('%d', deadline), 'epoch', meta[3] or '', 'idemKey', ARGV[12],
   'failCode', '', 'cancelRequested', '0', 'confirmBy', confirm_by)
 push_history(KEYS[4], 'hold', 'HELD', ARGV[8])
 if direct then
@@ -84,8 +77,4 @@ end
 redis.call('SET', KEYS[5], ARGV[11], 'PX', ARGV[10])
 redis.call('ZADD', KEYS[7], now + tonumber(ARGV[10]), res_id)
 redis.call('ZADD', KEYS[8], now, res_id)
-if idem then
-  redis.call('HSET', idem, 'fp', ARGV[12], 'state', 'running', 'resId', res_id)
-  redis.call('EXPIRE', idem, ARGV[13])
-end
 return {'ok', status}

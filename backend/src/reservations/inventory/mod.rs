@@ -7,14 +7,17 @@
 //! [`InventoryError::UnexpectedReply`], an error the saga reports, never a decision it acts on.
 //! Key layout is in [`super::keys`], seat states in `prelude.lua`.
 
+mod idempotency;
 mod read;
 
 use redis::Script;
 
+use idempotency::IdemEnd;
 pub use read::UserReservations;
 
 use super::keys;
 use super::model::{Failure, ReservationStatus};
+use crate::slots::{Group, GROUPS};
 use crate::store::{Store, StoreError};
 
 macro_rules! lua {
@@ -42,7 +45,8 @@ struct Scripts {
     claim: Script,
     unindex: Script,
     reset_event: Script,
-    seed_demo: Script,
+    idem_claim: Script,
+    idem_finish: Script,
 }
 
 impl Scripts {
@@ -59,7 +63,8 @@ impl Scripts {
             claim: lua!("claim.lua"),
             unindex: lua!("unindex.lua"),
             reset_event: lua!("reset_event.lua"),
-            seed_demo: lua!("seed_demo.lua"),
+            idem_claim: lua!("idem_claim.lua"),
+            idem_finish: lua!("idem_finish.lua"),
         }
     }
 }
@@ -85,6 +90,15 @@ pub enum InventoryError {
         /// Its reply.
         reply: Vec<String>,
     },
+    /// A reservation id not drawn into its event's slot group (see [`crate::slots`]): its keys
+    /// would be on another slot than the event's. A bug in the caller; nothing was written.
+    #[error("reservation id {res_id} is not in the slot group of event {event_id}")]
+    Misplaced {
+        /// The reservation id.
+        res_id: String,
+        /// The event.
+        event_id: String,
+    },
 }
 
 impl InventoryError {
@@ -98,7 +112,7 @@ impl InventoryError {
     pub fn retry_after_secs(&self) -> u64 {
         match self {
             InventoryError::Store(e) => e.retry_after_secs(),
-            InventoryError::UnexpectedReply { .. } => 1,
+            InventoryError::UnexpectedReply { .. } | InventoryError::Misplaced { .. } => 1,
         }
     }
 }
@@ -138,9 +152,14 @@ pub struct HoldTiming<'a> {
     /// `Some(budget)`: go straight to PAYMENT_PENDING, confirmable for `budget` ms of Redis
     /// time. `None`: stay HELD (expirable) until [`Inventory::begin_payment`].
     pub pay_within_ms: Option<u64>,
+    /// The request's deadline (ms since the epoch): nothing is held after it on Redis' clock.
+    pub not_after_ms: Option<i64>,
+    /// An idempotency claim older than this (ms) whose saga does not exist may be taken over
+    /// (the request deadline plus a margin for clock differences between shards).
+    pub stale_claim_ms: u64,
 }
 
-/// A stored idempotency record (see `hold.lua`).
+/// A stored idempotency record (see `idem_claim.lua`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdempotencyRecord {
     /// `running` or `done`.
@@ -155,6 +174,8 @@ pub struct IdempotencyRecord {
     pub status: String,
     /// Stored body of a successful first request.
     pub body: String,
+    /// Still `running` long after the first request's deadline.
+    pub stale: bool,
 }
 
 /// Result of the hold script.
@@ -175,6 +196,8 @@ pub enum HoldOutcome {
     IdempotencyReused,
     /// Same key and body seen before.
     Replay(IdempotencyRecord),
+    /// Redis' clock had passed the request's deadline: nothing was held.
+    TooLate,
 }
 
 /// Result of a saga transition script.
@@ -247,17 +270,7 @@ fn parse_hold(reply: Vec<String>) -> Result<HoldOutcome, InventoryError> {
             detail: (*detail).to_owned(),
         }),
         ["expired", holder] => Some(HoldOutcome::BlockedByExpired((*holder).to_owned())),
-        ["idem_reused"] => Some(HoldOutcome::IdempotencyReused),
-        ["idem", state, res_id, err, detail, status, body] => {
-            Some(HoldOutcome::Replay(IdempotencyRecord {
-                state: (*state).to_owned(),
-                res_id: (*res_id).to_owned(),
-                err: (*err).to_owned(),
-                detail: (*detail).to_owned(),
-                status: (*status).to_owned(),
-                body: (*body).to_owned(),
-            }))
-        }
+        ["too_late"] => Some(HoldOutcome::TooLate),
         _ => None,
     };
     outcome.ok_or_else(|| unexpected("hold", &reply))
@@ -301,30 +314,55 @@ impl Inventory {
         Ok(self.store.invoke_script(script, keys, args).await?)
     }
 
-    /// Holds seats or capacity and creates the saga, checking the idempotency key in the same
-    /// script.
+    /// Holds seats or capacity and creates the saga. With an idempotency key the key is claimed
+    /// first on its own slot (see `idem_claim.lua` for the protocol), and a rejection is
+    /// recorded in it afterwards.
     pub async fn hold(
         &self,
         req: &HoldRequest<'_>,
         t: &HoldTiming<'_>,
     ) -> Result<HoldOutcome, InventoryError> {
-        let mut keys = vec![
+        if keys::reservation_group(req.res_id) != keys::event_group(req.event_id) {
+            return Err(InventoryError::Misplaced {
+                res_id: req.res_id.to_owned(),
+                event_id: req.event_id.to_owned(),
+            });
+        }
+        if let Some((key, fingerprint)) = req.idempotency {
+            if let Some(answer) = self.claim_key(key, fingerprint, req.res_id, t).await? {
+                return Ok(answer);
+            }
+        }
+        let outcome = self.hold_script(req, t).await?;
+        if let (HoldOutcome::Rejected { failure, detail }, Some((key, _))) =
+            (&outcome, req.idempotency)
+        {
+            self.finish_key(key, req.res_id, IdemEnd::Failed(*failure, detail))
+                .await;
+        }
+        Ok(outcome)
+    }
+
+    async fn hold_script(
+        &self,
+        req: &HoldRequest<'_>,
+        t: &HoldTiming<'_>,
+    ) -> Result<HoldOutcome, InventoryError> {
+        let g = keys::event_group(req.event_id);
+        let keys = [
             keys::event_meta(req.event_id),
             keys::event_seats(req.event_id),
             keys::reservation(req.res_id),
             keys::history(req.res_id),
             keys::lease(req.res_id),
-            keys::HOLDS.to_owned(),
-            keys::SAGAS.to_owned(),
-            keys::user_index(&req.user_email.to_ascii_lowercase()),
+            keys::holds(g),
+            keys::sagas(g),
+            keys::user_index(g, &req.user_email.to_ascii_lowercase()),
         ];
-        let fingerprint = match req.idempotency {
-            Some((key, fp)) => {
-                keys.push(keys::idempotency(key));
-                fp
-            }
-            None => "",
-        };
+        let idem_key = req
+            .idempotency
+            .map(|(key, _)| keys::idempotency(key))
+            .unwrap_or_default();
         let mode = if req.seats.is_empty() { "ga" } else { "seats" };
         let mut args = Vec::with_capacity(14 + req.seats.len());
         args.extend([
@@ -339,8 +377,8 @@ impl Inventory {
             t.hold_ttl_ms.to_string(),
             t.lease_ms.to_string(),
             t.owner.to_owned(),
-            fingerprint.to_owned(),
-            IDEMPOTENCY_TTL_SECS.to_string(),
+            idem_key,
+            t.not_after_ms.map(|n| n.to_string()).unwrap_or_default(),
             t.pay_within_ms
                 .map(|b| b.max(1).to_string())
                 .unwrap_or_default(),
@@ -362,7 +400,7 @@ impl Inventory {
             keys::reservation(res_id),
             keys::event_seats(event_id),
             keys::history(res_id),
-            keys::HOLDS.to_owned(),
+            keys::holds(keys::event_group(event_id)),
         ];
         let args = [
             res_id.to_owned(),
@@ -377,29 +415,30 @@ impl Inventory {
     /// PAYMENT_PENDING → CONFIRMED, with the outbox entry and the idempotent response. Refused
     /// ([`Step::Abandoned`], [`Step::TooLate`]) once a failure was decided or confirmBy passed.
     pub async fn confirm(&self, c: &Confirmation<'_>) -> Result<Step, InventoryError> {
-        let mut keys = vec![
+        let g = keys::event_group(c.event_id);
+        let keys = [
             keys::reservation(c.res_id),
             keys::event_seats(c.event_id),
             keys::event_meta(c.event_id),
             keys::history(c.res_id),
-            keys::SAGAS.to_owned(),
+            keys::sagas(g),
             keys::lease(c.res_id),
-            keys::OUTBOX.to_owned(),
+            keys::outbox(g),
             keys::event_confirmed(c.event_id),
         ];
-        if let Some(k) = c.idempotency_key {
-            keys.push(keys::idempotency(k));
-        }
         let args = [
             c.res_id.to_owned(),
             c.now_iso.to_owned(),
             c.payment_id.to_owned(),
-            c.response_body.to_owned(),
-            IDEMPOTENCY_TTL_SECS.to_string(),
             c.notification_payload.to_owned(),
         ];
         let reply = self.run(&self.scripts.confirm, &keys, &args).await?;
-        parse_step("confirm", reply)
+        let step = parse_step("confirm", reply)?;
+        if let (Step::Done(_), Some(key)) = (&step, c.idempotency_key) {
+            self.finish_key(key, c.res_id, IdemEnd::Created(c.response_body))
+                .await;
+        }
+        Ok(step)
     }
 
     /// Writes the "never confirm, refund" decision on a PAYMENT_PENDING saga.
@@ -413,18 +452,16 @@ impl Inventory {
     /// reservation then expires after the unsold TTL. `require_expired`: only if HELD and past
     /// its deadline (the sweeper).
     pub async fn release(&self, r: &Release<'_>) -> Result<Step, InventoryError> {
-        let mut keys = vec![
+        let g = keys::event_group(r.event_id);
+        let keys = [
             keys::reservation(r.res_id),
             keys::event_seats(r.event_id),
             keys::event_meta(r.event_id),
             keys::history(r.res_id),
-            keys::SAGAS.to_owned(),
+            keys::sagas(g),
             keys::lease(r.res_id),
-            keys::HOLDS.to_owned(),
+            keys::holds(g),
         ];
-        if let Some(k) = r.idempotency_key {
-            keys.push(keys::idempotency(k));
-        }
         let args = [
             r.res_id.to_owned(),
             r.now_ms.to_string(),
@@ -432,12 +469,16 @@ impl Inventory {
             r.end.as_str().to_owned(),
             r.failure.as_str().to_owned(),
             if r.require_expired { "1" } else { "0" }.to_owned(),
-            IDEMPOTENCY_TTL_SECS.to_string(),
             keys::hold_member(r.event_id, r.res_id),
             self.unsold_ttl_secs.to_string(),
         ];
         let reply = self.run(&self.scripts.release, &keys, &args).await?;
-        parse_step("release", reply)
+        let step = parse_step("release", reply)?;
+        if let (Step::Done(_), Some(key)) = (&step, r.idempotency_key) {
+            self.finish_key(key, r.res_id, IdemEnd::Failed(r.failure, ""))
+                .await;
+        }
+        Ok(step)
     }
 
     /// Marks a CONFIRMED reservation for cancellation under this owner's lease.
@@ -451,7 +492,7 @@ impl Inventory {
         let keys = [
             keys::reservation(res_id),
             keys::lease(res_id),
-            keys::SAGAS.to_owned(),
+            keys::sagas(keys::reservation_group(res_id)),
         ];
         let args = [
             res_id.to_owned(),
@@ -473,14 +514,15 @@ impl Inventory {
         now_ms: i64,
         now_iso: &str,
     ) -> Result<Step, InventoryError> {
+        let g = keys::event_group(event_id);
         let keys = [
             keys::reservation(res_id),
             keys::event_seats(event_id),
             keys::event_meta(event_id),
             keys::history(res_id),
-            keys::SAGAS.to_owned(),
+            keys::sagas(g),
             keys::lease(res_id),
-            keys::OUTBOX.to_owned(),
+            keys::outbox(g),
             keys::event_confirmed(event_id),
         ];
         let args = [
@@ -505,7 +547,7 @@ impl Inventory {
         let keys = [
             keys::reservation(res_id),
             keys::lease(res_id),
-            keys::SAGAS.to_owned(),
+            keys::sagas(keys::reservation_group(res_id)),
         ];
         let args = [
             res_id.to_owned(),
@@ -531,7 +573,10 @@ impl Inventory {
         lease_ms: u64,
         now_ms: i64,
     ) -> Result<bool, InventoryError> {
-        let keys = [keys::lease(res_id), keys::SAGAS.to_owned()];
+        let keys = [
+            keys::lease(res_id),
+            keys::sagas(keys::reservation_group(res_id)),
+        ];
         let args = [
             owner.to_owned(),
             lease_ms.to_string(),
@@ -545,9 +590,9 @@ impl Inventory {
         Ok(renewed == 1)
     }
 
-    /// Drops a malformed member from the holds index.
-    pub async fn forget_hold_member(&self, member: &str) -> Result<(), InventoryError> {
-        self.unindex(keys::HOLDS, &[member.to_owned()]).await
+    /// Drops a malformed member from group `g`'s holds index.
+    pub async fn forget_hold_member(&self, g: Group, member: &str) -> Result<(), InventoryError> {
+        self.unindex(&keys::holds(g), &[member.to_owned()]).await
     }
 
     async fn unindex(&self, key: &str, members: &[String]) -> Result<(), InventoryError> {
@@ -566,14 +611,53 @@ impl Inventory {
         capacity: u64,
         seats: &[String],
     ) -> Result<(), InventoryError> {
+        self.write_event(event_id, name, capacity, seats, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// Creates the demo events if Redis holds no events; how many this call created (two
+    /// replicas seeding at once create each event once).
+    pub async fn seed_demo(&self) -> Result<usize, InventoryError> {
+        for g in 0..GROUPS {
+            let n: u64 = self
+                .store
+                .query(redis::cmd("SCARD").arg(keys::events(g)))
+                .await?;
+            if n > 0 {
+                return Ok(0);
+            }
+        }
+        let seats = demo_seat_ids();
+        let concert = "Demo concert (numbered seats)";
+        let festival = "Demo festival (general admission)";
+        let a = self
+            .write_event("EVT-001", concert, seats.len() as u64, &seats, true)
+            .await?;
+        let b = self
+            .write_event("EVT-002", festival, 1000, &[], true)
+            .await?;
+        Ok(usize::from(a) + usize::from(b))
+    }
+
+    /// `reset_event.lua`; with `only_if_absent` an existing event is left alone. True if
+    /// written.
+    async fn write_event(
+        &self,
+        event_id: &str,
+        name: &str,
+        capacity: u64,
+        seats: &[String],
+        only_if_absent: bool,
+    ) -> Result<bool, InventoryError> {
         let keys = [
             keys::event_meta(event_id),
             keys::event_seats(event_id),
             keys::event_confirmed(event_id),
-            keys::EVENTS.to_owned(),
+            keys::events(keys::event_group(event_id)),
         ];
         let kind = if seats.is_empty() { "ga" } else { "seats" };
-        let mut args = Vec::with_capacity(6 + seats.len());
+        let mut args = Vec::with_capacity(7 + seats.len());
         args.extend([
             event_id.to_owned(),
             name.to_owned(),
@@ -581,33 +665,14 @@ impl Inventory {
             capacity.to_string(),
             new_epoch(),
             seats.join(","),
+            if only_if_absent { "1" } else { "0" }.to_owned(),
         ]);
         args.extend(seats.iter().cloned());
-        let _: i64 = self
+        let written: i64 = self
             .store
             .invoke_script(&self.scripts.reset_event, &keys, &args)
             .await?;
-        Ok(())
-    }
-
-    /// Creates the demo events if Redis holds no events. True if this call created them.
-    pub async fn seed_demo(&self) -> Result<bool, InventoryError> {
-        let keys = [
-            keys::EVENTS.to_owned(),
-            keys::event_meta("EVT-001"),
-            keys::event_seats("EVT-001"),
-            keys::event_meta("EVT-002"),
-        ];
-        let seats = demo_seat_ids();
-        let mut args = Vec::with_capacity(2 + seats.len());
-        args.push(new_epoch());
-        args.push(seats.join(","));
-        args.extend(seats);
-        let created: i64 = self
-            .store
-            .invoke_script(&self.scripts.seed_demo, &keys, &args)
-            .await?;
-        Ok(created == 1)
+        Ok(written == 1)
     }
 }
 
@@ -622,7 +687,8 @@ pub struct Confirmation<'a> {
     pub idempotency_key: Option<&'a str>,
     /// The provider's payment id.
     pub payment_id: &'a str,
-    /// The 201 body stored for idempotent replays.
+    /// The 201 body stored for idempotent replays (written to the idempotency record after the
+    /// confirmation).
     pub response_body: &'a str,
     /// The outbox entry's payload.
     pub notification_payload: &'a str,

@@ -24,16 +24,6 @@ local function redis_now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Marks a running idempotency record of this reservation as finished with an error code.
-local function idem_finish_err(key, res_id, code, ttl)
-  if not key then return end
-  local rec = redis.call('HMGET', key, 'state', 'resId')
-  if rec[1] == 'running' and rec[2] == res_id then
-    redis.call('HSET', key, 'state', 'done', 'err', code, 'detail', '')
-    redis.call('EXPIRE', key, ttl)
-  end
-end
-
 -- A reservation that ended without a sale keeps its hash and history only this long (seconds;
 -- '0' keeps them): a flood of failed attempts must not grow Redis for ever.
 local function expire_unsold(res_key, hist_key, ttl)

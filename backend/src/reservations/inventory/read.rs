@@ -1,5 +1,5 @@
 //! Plain reads of the saga state: one reservation, a user's reservations, the due parts of the
-//! recovery and hold indexes. Reads never change state, except that ids of expired reservations
+//! recovery and hold indexes (per slot group). Reads never change state, except that ids of expired reservations
 //! are dropped from a user's index (through `unindex.lua`).
 
 use std::collections::HashMap;
@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use super::{Inventory, InventoryError};
 use crate::reservations::keys;
 use crate::reservations::model::SagaRecord;
+use crate::slots::{Group, GROUPS};
 
 /// A user's newest reservations.
 #[derive(Debug, Clone)]
@@ -36,11 +37,9 @@ impl Inventory {
         record(res_id, fields, history)
     }
 
-    /// Reads several reservations in one round trip; `None` where one does not exist.
-    pub async fn load_many(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<Option<SagaRecord>>, InventoryError> {
+    /// Reads several reservations of one slot group in one round trip (a pipeline must stay in
+    /// one slot on a cluster); `None` where one does not exist.
+    async fn load_group(&self, ids: &[String]) -> Result<Vec<Option<SagaRecord>>, InventoryError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -60,14 +59,39 @@ impl Inventory {
             .collect()
     }
 
-    /// A user's newest `limit` reservations. Ids whose reservation expired (ended without a
-    /// sale, past the unsold TTL) are dropped from the index on the way.
+    /// A user's newest `limit` reservations over every slot group (read concurrently, merged
+    /// by creation time). Ids whose reservation expired (ended without a sale, past the unsold
+    /// TTL) are dropped from the index on the way.
     pub async fn user_reservations(
         &self,
         email: &str,
         limit: usize,
     ) -> Result<UserReservations, InventoryError> {
-        let index = keys::user_index(&email.to_ascii_lowercase());
+        let email = email.to_ascii_lowercase();
+        let per_group =
+            (0..GROUPS).map(|g| self.user_reservations_in(keys::user_index(g, &email), limit));
+        let mut out = UserReservations {
+            records: Vec::with_capacity(limit),
+            pruned: 0,
+        };
+        for part in futures::future::join_all(per_group).await {
+            let part = part?;
+            out.records.extend(part.records);
+            out.pruned += part.pruned;
+        }
+        // Newest first; RFC 3339 times of one format sort as text.
+        out.records
+            .sort_by(|a, b| b.view.created_at.cmp(&a.view.created_at));
+        out.records.truncate(limit);
+        Ok(out)
+    }
+
+    /// [`Inventory::user_reservations`] within one group's index.
+    async fn user_reservations_in(
+        &self,
+        index: String,
+        limit: usize,
+    ) -> Result<UserReservations, InventoryError> {
         let mut out = UserReservations {
             records: Vec::with_capacity(limit),
             pruned: 0,
@@ -79,7 +103,7 @@ impl Inventory {
             let mut cmd = redis::cmd("ZREVRANGE");
             cmd.arg(&index).arg(start).arg(start + want - 1);
             let ids: Vec<String> = self.store.query(&cmd).await?;
-            let page = self.load_many(&ids).await?;
+            let page = self.load_group(&ids).await?;
             let expired: Vec<String> = ids
                 .iter()
                 .zip(&page)
@@ -87,36 +111,37 @@ impl Inventory {
                 .map(|(id, _)| id.clone())
                 .collect();
             out.records.extend(page.into_iter().flatten());
+            if !expired.is_empty() {
+                self.unindex(&index, &expired).await?;
+                out.pruned += expired.len();
+            }
             if expired.is_empty() || ids.len() < want {
-                if !expired.is_empty() {
-                    self.unindex(&index, &expired).await?;
-                    out.pruned += expired.len();
-                }
                 break;
             }
-            self.unindex(&index, &expired).await?;
-            out.pruned += expired.len();
         }
         Ok(out)
     }
 
-    /// Up to `limit` sagas due for recovery at `now_ms` (their lease has run out), oldest first.
+    /// Up to `limit` sagas of group `g` due for recovery at `now_ms` (their lease has run out),
+    /// oldest first.
     pub async fn due_sagas(
         &self,
+        g: Group,
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<String>, InventoryError> {
-        self.due(keys::SAGAS, now_ms, limit).await
+        self.due(&keys::sagas(g), now_ms, limit).await
     }
 
-    /// Up to `limit` holds past their deadline at `now_ms`, as `(event id, reservation id)`
-    /// index members (see [`keys::split_hold_member`]).
+    /// Up to `limit` holds of group `g` past their deadline at `now_ms`, as `(event id,
+    /// reservation id)` index members (see [`keys::split_hold_member`]).
     pub async fn due_holds(
         &self,
+        g: Group,
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<String>, InventoryError> {
-        self.due(keys::HOLDS, now_ms, limit).await
+        self.due(&keys::holds(g), now_ms, limit).await
     }
 
     async fn due(

@@ -2,25 +2,25 @@
 -- With requireExpired = '1' (the sweeper) only a HELD reservation past its deadline is released.
 -- If the event was reset since the hold (epoch changed), the inventory is left alone. The ended
 -- reservation's hash and history expire after unsoldTtlSecs.
--- KEYS: 1 res, 2 ev seats, 3 ev meta, 4 res history, 5 sagas zset, 6 res lease, 7 holds zset,
---       [8 idempotency record]
+-- The idempotency record (another slot) is finished by the caller afterwards (idem_finish.lua).
+-- KEYS: 1 res, 2 ev seats, 3 ev meta, 4 res history, 5 sagas zset, 6 res lease, 7 holds zset
 -- ARGV: 1 resId, 2 nowMs, 3 nowIso, 4 new status, 5 failCode, 6 requireExpired ('1'|'0'),
---       7 idemTtlSecs, 8 holds member ('<eventId>|<resId>'), 9 unsoldTtlSecs
+--       7 holds member ('<eventId>|<resId>'), 8 unsoldTtlSecs
 -- Returns {'ok', released} | {'missing'} | {'state', status, paymentId} | {'not_expired', status}
 local res_id = ARGV[1]
 local r = redis.call('HMGET', KEYS[1], 'status', 'eventId', 'kind', 'seats', 'quantity', 'epoch',
   'holdDeadline', 'paymentId')
 if not r[1] then
-  redis.call('ZREM', KEYS[7], ARGV[8])
+  redis.call('ZREM', KEYS[7], ARGV[7])
   redis.call('ZREM', KEYS[5], res_id)
   return {'missing'}
 end
 if r[1] ~= 'HELD' and r[1] ~= 'PAYMENT_PENDING' then
-  redis.call('ZREM', KEYS[7], ARGV[8])
+  redis.call('ZREM', KEYS[7], ARGV[7])
   return {'state', r[1], r[8] or ''}
 end
 if ARGV[6] == '1' and (r[1] ~= 'HELD' or tonumber(r[7]) > tonumber(ARGV[2])) then
-  if r[1] ~= 'HELD' then redis.call('ZREM', KEYS[7], ARGV[8]) end
+  if r[1] ~= 'HELD' then redis.call('ZREM', KEYS[7], ARGV[7]) end
   return {'not_expired', r[1]}
 end
 local released = 0
@@ -48,8 +48,7 @@ local step = 'release'
 if ARGV[4] == 'EXPIRED' then step = 'expire' end
 push_history(KEYS[4], step, ARGV[4], ARGV[3])
 redis.call('ZREM', KEYS[5], res_id)
-redis.call('ZREM', KEYS[7], ARGV[8])
+redis.call('ZREM', KEYS[7], ARGV[7])
 redis.call('DEL', KEYS[6])
-idem_finish_err(KEYS[8], res_id, ARGV[5], ARGV[7])
-expire_unsold(KEYS[1], KEYS[4], ARGV[9])
+expire_unsold(KEYS[1], KEYS[4], ARGV[8])
 return {'ok', tostring(released)}

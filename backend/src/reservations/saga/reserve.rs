@@ -11,9 +11,11 @@ use crate::reservations::error::SagaError;
 use crate::reservations::inventory::{
     Confirmation, HoldOutcome, HoldRequest, HoldTiming, IdempotencyRecord, Step,
 };
+use crate::reservations::keys;
 use crate::reservations::model::{Failure, HistoryEntry, Reservation, ReservationStatus};
 use crate::reservations::payer::{ChargeResult, PaymentState};
 use crate::reservations::validation::{ReservationRequest, Selection};
+use crate::slots;
 
 /// Kept at the end of the deadline to answer after the last decision.
 const ANSWER_MARGIN: Duration = Duration::from_millis(300);
@@ -23,6 +25,9 @@ const CONFIRM_MARGIN: Duration = Duration::from_millis(150);
 const HOLD_ATTEMPTS: u32 = 4;
 /// Confirm attempts while the store does not answer.
 const CONFIRM_ATTEMPTS: u32 = 3;
+/// An idempotency claim is taken over only this long after its request's deadline (see
+/// `idem_claim.lua`): room for clock differences between the shards' hosts.
+const STALE_CLAIM_MARGIN: Duration = Duration::from_secs(5);
 
 /// One request's saga once its seats are held for payment.
 struct Pending {
@@ -103,7 +108,13 @@ impl Saga {
         idem: Option<String>,
         deadline: Instant,
     ) -> Result<Held, SagaError> {
-        let res_id = uuid::Uuid::new_v4().simple().to_string();
+        // Drawn into the event's slot group: its keys share the event's slot (crate::slots).
+        let res_id = slots::new_id_in_group(keys::event_group(&req.event_id));
+        // The deadline on the wall clock, for hold.lua's check on Redis' clock.
+        let not_after_ms = now().0
+            + deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as i64;
         let fingerprint = idem.as_ref().map(|_| req.fingerprint());
         let (seats, quantity): (&[String], u32) = match &req.selection {
             Selection::Seats(s) => (s.as_slice(), s.len() as u32),
@@ -133,6 +144,8 @@ impl Saga {
                 lease_ms: self.cfg.lease_ms,
                 owner: &self.cfg.owner,
                 pay_within_ms: Some(budget.as_millis() as u64),
+                not_after_ms: Some(not_after_ms),
+                stale_claim_ms: (self.cfg.request_deadline + STALE_CLAIM_MARGIN).as_millis() as u64,
             };
             match self.inv.hold(&hold, &timing).await? {
                 HoldOutcome::Held => break (sent, budget, now_iso),
@@ -150,6 +163,7 @@ impl Saga {
                     })
                 }
                 HoldOutcome::IdempotencyReused => return Err(SagaError::IdempotencyKeyReused),
+                HoldOutcome::TooLate => return Err(SagaError::failed(Failure::PaymentTimeout)),
                 HoldOutcome::Replay(rec) => return self.replay(rec).await.map(Held::Replay),
             }
         };
