@@ -74,6 +74,25 @@ pub fn classify(s: &Sample) -> Class {
     }
 }
 
+/// A short name for what an answer was, for the report: `201`, `503 inventory_unavailable`,
+/// `503 inventory_unavailable without Retry-After`, `transport error`.
+pub fn kind(s: &Sample) -> String {
+    match &s.reply {
+        None => "transport error".into(),
+        Some(r) => {
+            let mut k = r.status.to_string();
+            if let Some(code) = r.error_code() {
+                k.push(' ');
+                k.push_str(&code);
+            }
+            if !r.is_success() && r.status != 429 && r.retry_after().is_none() {
+                k.push_str(" without Retry-After");
+            }
+            k
+        }
+    }
+}
+
 /// When the writes recovered: the send time of the first success after `fault` that no failed
 /// write (shed or bad) follows. `None` if the run ended on failures.
 pub fn recovered_at(samples: &[Sample], fault: Duration) -> Option<Duration> {
@@ -408,6 +427,23 @@ async fn analyse(
         .iter()
         .filter(|s| s.start + s.latency < marks.fault)
         .all(|s| classify(s) == Class::Success);
+    // Each kind of answer with when it was first and last sent (ms from the start): shows
+    // which failures belong to which phase of the failover.
+    let mut kinds = std::collections::BTreeMap::<String, (u64, u64, u64)>::new();
+    for s in samples {
+        let t = s.start.as_millis() as u64;
+        let e = kinds.entry(kind(s)).or_insert((0, t, t));
+        e.0 += 1;
+        e.1 = e.1.min(t);
+        e.2 = e.2.max(t);
+    }
+    r.figure(
+        "answerKinds",
+        kinds
+            .iter()
+            .map(|(k, (n, first, last))| format!("{k}: {n} (sent {first}..{last} ms)"))
+            .collect::<Vec<_>>(),
+    );
     r.figure("sent", samples.len());
     r.figure("statusCounts", load::counts(samples));
     r.figure("faultAtMs", marks.fault.as_millis() as u64);
@@ -453,6 +489,12 @@ async fn analyse(
     );
     let promote_ms = marks.promoted.map(|p| (p - marks.fault).as_millis() as u64);
     r.figure("timeToPromotionMs", promote_ms);
+    r.figure("promotedAtMs", marks.promoted.map(|d| d.as_millis() as u64));
+    r.figure(
+        "restartedAtMs",
+        marks.restarted.map(|d| d.as_millis() as u64),
+    );
+    r.figure("rejoinedAtMs", marks.rejoined.map(|d| d.as_millis() as u64));
     r.check(
         "replica promoted to master of the slot",
         format!("within {} s", PROMOTION_BOUND.as_secs()),
