@@ -34,8 +34,9 @@ INIT_SERVICE=redis-cluster-init
 T0=$SECONDS
 timings=()
 step_started=$SECONDS
-step() { step_started=$SECONDS; printf '\n==> [cluster-smoke %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-done_step() { timings+=("$(printf '%-30s %4d s' "$1" $((SECONDS - step_started)))"); }
+step_name=""
+step() { step_started=$SECONDS; step_name=$*; printf '\n==> [cluster-smoke %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+done_step() { timings+=("$(printf '%-30s %4d s' "$1" $((SECONDS - step_started)))"); step_name=""; }
 log() { printf '[cluster-smoke] %s\n' "$*" >&2; }
 die() { printf '[cluster-smoke] FAILED: %s\n' "$*" >&2; exit 1; }
 
@@ -72,6 +73,8 @@ STACK_UP=0
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  # The step that failed still shows its time.
+  [ -z "$step_name" ] || done_step "FAILED: ${step_name:0:22}"
   if [ "$STACK_UP" = 1 ]; then
     if [ "$rc" != 0 ]; then
       log "failure: state of the stack"
