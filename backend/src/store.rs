@@ -34,6 +34,7 @@ use redis::aio::{
 };
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
     AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture,
     RedisResult, Value,
@@ -60,6 +61,8 @@ pub mod defaults {
     pub const BREAKER_CONSECUTIVE_FAILURES: u32 = 3;
     /// `--redis-connect-timeout-ms`.
     pub const CONNECT_TIMEOUT_MS: u64 = 1_000;
+    /// `--redis-wait-ms`.
+    pub const WAIT_MS: u64 = 100;
 }
 
 /// How the service reaches Redis.
@@ -104,6 +107,11 @@ pub struct StoreConfig {
     /// TCP connect timeout for (re)connections, in milliseconds.
     #[arg(long, env = "REDIS_CONNECT_TIMEOUT_MS", default_value_t = defaults::CONNECT_TIMEOUT_MS)]
     pub redis_connect_timeout_ms: u64,
+    /// Cluster mode: after a write that must survive a failover (a hold, a confirmation), wait up
+    /// to this long (`WAIT 1 <ms>` on the shard) for its replica to have it; 0 = do not wait.
+    /// Replication stays asynchronous: this narrows the loss window, it does not close it.
+    #[arg(long, env = "REDIS_WAIT_MS", default_value_t = defaults::WAIT_MS)]
+    pub redis_wait_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -117,6 +125,7 @@ impl Default for StoreConfig {
             redis_breaker_open_ms: defaults::BREAKER_OPEN_MS,
             redis_breaker_consecutive_failures: defaults::BREAKER_CONSECUTIVE_FAILURES,
             redis_connect_timeout_ms: defaults::CONNECT_TIMEOUT_MS,
+            redis_wait_ms: defaults::WAIT_MS,
         }
     }
 }
@@ -203,6 +212,10 @@ fn is_infrastructure_failure(e: &RedisError) -> bool {
                 | ErrorKind::Server(S::MasterDown)
                 | ErrorKind::Server(S::ClusterDown)
                 | ErrorKind::Server(S::TryAgain)
+                // The cluster is moving the slot (a failover, a reshard) and the client ran out of
+                // redirections: not an answer, try again shortly.
+                | ErrorKind::Server(S::Moved)
+                | ErrorKind::Server(S::Ask)
         )
 }
 
@@ -366,6 +379,48 @@ impl Store {
             |mut conn| async move { p.query_async(&mut conn).await },
         )
         .await
+    }
+
+    /// Cluster mode: `WAIT 1 <--redis-wait-ms>` on the master of `key`'s slot, after a write that
+    /// must survive a failover. Returns how many replicas acknowledged it (`None`: not in cluster
+    /// mode, or disabled). Best effort: a failure is logged, the write itself is done.
+    pub async fn wait_for_replica(&self, key: &str) -> Option<i64> {
+        let wait_ms = self.inner.cfg.redis_wait_ms;
+        if self.mode() != RedisMode::Cluster || wait_ms == 0 {
+            return None;
+        }
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(1).arg(wait_ms);
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+            slots::key_slot(key),
+            SlotAddr::Master,
+        )));
+        let acked = self
+            .guarded(Some(key), |conn| async move {
+                match conn {
+                    Conn::Cluster(mut c) => {
+                        redis::from_redis_value(c.route_command(cmd, route).await?)
+                            .map_err(RedisError::from)
+                    }
+                    mut other => cmd.query_async(&mut other).await,
+                }
+            })
+            .await;
+        match acked {
+            Ok(0) => {
+                tracing::warn!(
+                    key,
+                    wait_ms,
+                    "write not on a replica yet: a failover now could lose it"
+                );
+                Some(0)
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "WAIT failed");
+                None
+            }
+        }
     }
 
     /// `PING` through the guard: `Ok` when Redis answers (for `/ready`).

@@ -106,36 +106,10 @@ async fn payments_down_fails_fast_once_the_breaker_opens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_down_then_up_still_confirms_and_delivers_later() {
     let mut stack = Stack::start(&[]);
-    stack.notifications.kill();
-    let a = stack
-        .reserve(seat_body("EVT-001", "D4", "n@x.io", 50.0))
-        .await;
-    assert_eq!(a.status, StatusCode::CREATED, "{}", a.raw);
-    assert_eq!(a.body["notification"], "queued");
-    let id = a.body["reservationId"].as_str().unwrap().to_owned();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(stack.reservation(&id).await["notification"], "queued");
-
-    stack.notifications.restart();
-    let url = format!(
-        "{}/notifications?reservationId={id}",
-        stack.notifications.url()
-    );
-    let delivered = eventually(Duration::from_secs(20), || async {
-        let n = stack.get(url.clone()).await;
-        n.body
-            .as_array()
-            .is_some_and(|a| !a.is_empty())
-            .then_some(n.body)
-    })
-    .await
-    .expect("notification never delivered");
-    assert_eq!(delivered[0]["kind"], "reservation_confirmed");
-    let sent = eventually(Duration::from_secs(5), || async {
-        (stack.reservation(&id).await["notification"] == "sent").then_some(())
-    })
+    reservations_support::scenarios::notifications_down_then_up_still_confirms_and_delivers_later(
+        &mut stack,
+    )
     .await;
-    assert!(sent.is_some(), "notification field not updated to sent");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

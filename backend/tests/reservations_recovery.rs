@@ -14,158 +14,18 @@ use backend::chaos::Chaos;
 use backend::reservations::inventory::{HoldOutcome, HoldRequest, HoldTiming, Inventory};
 use backend::reservations::saga::now;
 use backend::store::{Store, StoreConfig};
-use reservations_support::{assert_no_net_charge, eventually, seat_body, Stack};
+use reservations_support::{assert_no_net_charge, eventually, scenarios, seat_body, Stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn same_idempotency_key_fifty_times_gives_one_reservation_and_one_charge() {
     let stack = Arc::new(Stack::start(&[]));
-    // Slow the charge a little so the duplicates really overlap the first request.
-    stack
-        .chaos(&stack.payments.url(), json!({"latencyMs": 300}))
-        .await;
-    let body = seat_body("EVT-001", "H8", "idem@x.io", 75.0);
-    let url = format!("{}/api/reservations", stack.res.url());
-    let barrier = Arc::new(tokio::sync::Barrier::new(50));
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let (stack, barrier, body) = (stack.clone(), barrier.clone(), body.clone());
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            stack
-                .send(
-                    reqwest::Method::POST,
-                    url,
-                    Some(body),
-                    &[("Idempotency-Key", "key-h8")],
-                )
-                .await
-        }));
-    }
-    let mut created = Vec::new();
-    for t in tasks {
-        let a = t.await.expect("task");
-        match a.status {
-            StatusCode::CREATED => created.push(a.raw.clone()),
-            StatusCode::CONFLICT => assert_eq!(a.code(), "request_in_progress", "{}", a.raw),
-            other => panic!("unexpected {other}: {}", a.raw),
-        }
-    }
-    assert!(!created.is_empty(), "no request succeeded");
-    assert!(created.iter().all(|c| c == &created[0]), "different bodies");
-
-    // After completion the same key replays the same status and body.
-    let again = stack
-        .send(
-            reqwest::Method::POST,
-            url.clone(),
-            Some(body.clone()),
-            &[("Idempotency-Key", "key-h8")],
-        )
-        .await;
-    assert_eq!(again.status, StatusCode::CREATED);
-    assert_eq!(again.raw, created[0]);
-    // Same key, other body.
-    let other = stack
-        .send(
-            reqwest::Method::POST,
-            url.clone(),
-            Some(seat_body("EVT-001", "H9", "idem@x.io", 75.0)),
-            &[("Idempotency-Key", "key-h8")],
-        )
-        .await;
-    assert_eq!(
-        other.status,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "{}",
-        other.raw
-    );
-    assert_eq!(other.code(), "idempotency_key_reused");
-
-    let list = stack
-        .get(format!(
-            "{}/api/reservations?userEmail=idem@x.io",
-            stack.res.url()
-        ))
-        .await;
-    assert_eq!(list.body.as_array().map(Vec::len), Some(1), "{}", list.raw);
-    let summary = stack
-        .get(format!("{}/admin/payments/summary", stack.payments.url()))
-        .await;
-    assert_eq!(summary.body["charged"], 1, "{}", summary.raw);
-    let ev = stack.audit_ok("EVT-001").await;
-    assert_eq!(ev["sold"], 1);
-
-    // A failed first request is replayed as the same failure.
-    stack.chaos_reset(&stack.payments.url()).await;
-    let declined = seat_body("EVT-001", "H10", "idem@x.io", 50_000.0);
-    for _ in 0..2 {
-        let a = stack
-            .send(
-                reqwest::Method::POST,
-                url.clone(),
-                Some(declined.clone()),
-                &[("Idempotency-Key", "key-declined")],
-            )
-            .await;
-        assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.raw);
-        assert_eq!(a.code(), "payment_declined");
-    }
+    scenarios::same_idempotency_key_fifty_times(&stack, "key-h8").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_charge_the_saga_is_finished_after_restart() {
-    let mut stack = Stack::start(&["--saga-lease-ms", "1500", "--recovery-interval-ms", "300"]);
-    // The charge will be in flight for 3 s: the process dies while the saga is PAYMENT_PENDING.
-    stack
-        .chaos(&stack.payments.url(), json!({"latencyMs": 3000}))
-        .await;
-    let client = stack.http.clone();
-    let url = format!("{}/api/reservations", stack.res.url());
-    let inflight = tokio::spawn(async move {
-        client
-            .post(url)
-            .json(&seat_body("EVT-001", "J1", "crash@x.io", 60.0))
-            .send()
-            .await
-    });
-    let list_url = format!("{}/api/reservations?userEmail=crash@x.io", stack.res.url());
-    let id = eventually(Duration::from_secs(5), || async {
-        let l = stack.get(list_url.clone()).await;
-        (l.body[0]["status"] == "PAYMENT_PENDING")
-            .then(|| l.body[0]["reservationId"].as_str().unwrap().to_owned())
-    })
-    .await
-    .expect("saga never reached PAYMENT_PENDING");
-    stack.res.kill();
-    assert!(
-        inflight.await.expect("task").is_err(),
-        "the request should have died with the process"
-    );
-    assert_eq!(stack.seat_status_direct("EVT-001", "J1").await, "held");
-
-    stack.chaos_reset(&stack.payments.url()).await;
-    stack.res.restart();
-    let end = eventually(Duration::from_secs(15), || async {
-        let r = stack.reservation(&id).await;
-        let s = r["status"].as_str().unwrap_or("").to_owned();
-        (s == "CONFIRMED" || s == "FAILED").then_some(s)
-    })
-    .await
-    .expect("saga left unfinished after restart");
-    if end == "FAILED" {
-        assert_no_net_charge(&stack, &id).await;
-        assert_eq!(stack.seat_status("EVT-001", "J1").await, "available");
-    } else {
-        assert_eq!(stack.payment(&id).await.body["status"], "charged");
-        assert_eq!(stack.seat_status("EVT-001", "J1").await, "sold");
-    }
-    let history = stack.reservation(&id).await["history"].clone();
-    assert!(
-        history.as_array().is_some_and(|h| h.len() >= 3),
-        "{history}"
-    );
-    stack.audit_ok("EVT-001").await;
+    let mut stack = Stack::start(scenarios::CRASH_FLAGS);
+    scenarios::killed_mid_charge_the_saga_is_finished_after_restart(&mut stack).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,10 +147,34 @@ pub struct ReservationsBench {
     pub concurrency: usize,
     /// Run time.
     pub duration: Duration,
-    /// Event id (created fresh).
-    pub event: String,
+    /// Event ids (created fresh); workers take them in turn. Several events spread the load over
+    /// the shards of a Redis Cluster backend.
+    pub events: Vec<String>,
     /// Event capacity (large enough not to sell out).
     pub capacity: u64,
+}
+
+/// The events after the run, added up into one view (`None` if one cannot be read).
+async fn settled_total(stack: &Stack, events: &[String]) -> Option<EventView> {
+    let mut total: Option<EventView> = None;
+    for event in events {
+        let e = stack
+            .settled_event(event, Duration::from_secs(15))
+            .await
+            .ok()?;
+        total = Some(match total {
+            None => e,
+            Some(mut t) => {
+                t.event_id = format!("{}+{}", t.event_id, e.event_id);
+                t.capacity += e.capacity;
+                t.available += e.available;
+                t.held += e.held;
+                t.sold += e.sold;
+                t
+            }
+        });
+    }
+    total
 }
 
 /// Runs the reservations benchmark.
@@ -159,17 +183,19 @@ pub async fn reservations(stack: &Stack, b: &ReservationsBench) -> Result<BenchR
         stack.chaos_reset(p).await?;
     }
     stack.chaos_reset(&b.target).await?;
-    stack
-        .create_event(
-            &b.target,
-            &b.event,
-            "loadtest bench",
-            &EventSpec::General(b.capacity),
-        )
-        .await?;
+    for event in &b.events {
+        stack
+            .create_event(
+                &b.target,
+                event,
+                "loadtest bench",
+                &EventSpec::General(b.capacity),
+            )
+            .await?;
+    }
     let client = http::client(None, Duration::from_secs(30), b.concurrency.max(1))?;
     let url = format!("{}/api/reservations", b.target);
-    let event = Arc::new(b.event.clone());
+    let events = Arc::new(b.events.clone());
     let run = std::process::id();
     let started = Instant::now();
     let tallies =
@@ -180,7 +206,8 @@ pub async fn reservations(stack: &Stack, b: &ReservationsBench) -> Result<BenchR
             move |i| {
                 let client = client.clone();
                 let url = url.clone();
-                let body = ga_request(&event, &format!("bench-{run}-{i}@loadtest.local"), 1);
+                let event = &events[i as usize % events.len().max(1)];
+                let body = ga_request(event, &format!("bench-{run}-{i}@loadtest.local"), 1);
                 async move {
                     http::send(&client, reqwest::Method::POST, &url, Some(&body), &[], None).await
                 }
@@ -191,10 +218,7 @@ pub async fn reservations(stack: &Stack, b: &ReservationsBench) -> Result<BenchR
     let elapsed = started.elapsed().as_secs_f64();
     let t = merge(tallies);
     let confirmed = t.counts.get(201);
-    let ev = stack
-        .settled_event(&b.event, Duration::from_secs(15))
-        .await
-        .ok();
+    let ev = settled_total(stack, &b.events).await;
     let audit = stack.audit(&b.target).await;
     let zero = match (&ev, &audit) {
         (Some(e), Ok(a)) => Some(a.ok && e.sold == confirmed && e.balanced()),

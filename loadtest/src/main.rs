@@ -161,9 +161,10 @@ enum BenchCommand {
         /// Run time.
         #[arg(long, default_value = "20s", value_parser = parse_duration)]
         duration: Duration,
-        /// Event id (created afresh; default BENCH-GA-<unix>).
+        /// Event id (created afresh; default BENCH-GA-<unix>). Repeat it to spread the workers
+        /// over several events (e.g. one per Redis Cluster shard).
         #[arg(long)]
-        event: Option<String>,
+        event: Vec<String>,
         /// Event capacity; large so the run does not sell out.
         #[arg(long, default_value_t = 1_000_000)]
         capacity: u64,
@@ -257,14 +258,18 @@ async fn bench_cmd(b: BenchCommand) -> anyhow::Result<bool> {
                 payments: Some(payments),
                 concurrency: concurrency.clamp(1, 4096),
                 duration,
-                event: event.unwrap_or_else(|| format!("BENCH-GA-{}", unix_now())),
+                events: if event.is_empty() {
+                    vec![format!("BENCH-GA-{}", unix_now())]
+                } else {
+                    event
+                },
                 capacity: capacity.max(1),
             };
             eprintln!(
                 "[loadtest] bench reservations: {} workers for {:.0} s on event {} (capacity {})",
                 spec.concurrency,
                 duration.as_secs_f64(),
-                spec.event,
+                spec.events.join(", "),
                 spec.capacity
             );
             let res = bench::reservations(&stack, &spec).await?;

@@ -1,7 +1,11 @@
-//! A whole reservations stack for the reservations tests: real redis-server, real payments,
-//! notifications and reservations processes, and a reqwest client with helpers.
+//! A whole reservations stack for the reservations tests: real redis-server (standalone, or a
+//! six-node Redis Cluster), real payments, notifications and reservations processes, and a
+//! reqwest client with helpers.
 #![allow(dead_code)]
 
+pub mod scenarios;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -9,10 +13,62 @@ use serde_json::{json, Value};
 
 use crate::common::{BackendProcess, RedisServer};
 use backend::reservations::keys;
+use redis_harness::RedisCluster;
+
+/// The Redis a stack runs on.
+pub enum Backing {
+    /// One redis-server of its own.
+    Standalone(RedisServer),
+    /// A Redis Cluster, possibly shared by several stacks of one test.
+    Cluster(Arc<RedisCluster>),
+}
+
+impl Backing {
+    /// `--redis-url`: the server, or every node as seeds.
+    pub fn url(&self) -> String {
+        match self {
+            Backing::Standalone(r) => r.url(),
+            Backing::Cluster(c) => c.urls().join(","),
+        }
+    }
+
+    /// `--redis-mode`.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Backing::Standalone(_) => "standalone",
+            Backing::Cluster(_) => "cluster",
+        }
+    }
+
+    /// The environment that points a backend process at this Redis.
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        [
+            ("REDIS_URL", self.url()),
+            ("REDIS_MODE", self.mode().to_owned()),
+        ]
+    }
+
+    fn standalone(&mut self) -> &mut RedisServer {
+        match self {
+            Backing::Standalone(r) => r,
+            Backing::Cluster(_) => panic!("a standalone-Redis helper used on a cluster stack"),
+        }
+    }
+
+    /// Kills the standalone server.
+    pub fn stop(&mut self) {
+        self.standalone().stop();
+    }
+
+    /// Restarts the standalone server (same port, empty).
+    pub fn restart(&mut self) {
+        self.standalone().restart();
+    }
+}
 
 /// Redis + payments + notifications + reservations.
 pub struct Stack {
-    pub redis: RedisServer,
+    pub redis: Backing,
     pub payments: BackendProcess,
     pub notifications: BackendProcess,
     pub res: BackendProcess,
@@ -35,10 +91,17 @@ impl Answer {
 }
 
 impl Stack {
-    /// Starts everything; `res_args` are extra flags for `backend reservations`.
+    /// Starts everything on a redis-server of its own; `res_args` are extra flags for `backend
+    /// reservations`.
     pub fn start(res_args: &[&str]) -> Self {
-        let redis = RedisServer::start();
-        let payments = BackendProcess::start("payments", &[], &[("REDIS_URL", &redis.url())]);
+        Self::start_on(Backing::Standalone(RedisServer::start()), res_args)
+    }
+
+    /// Starts the services on `redis`.
+    pub fn start_on(redis: Backing, res_args: &[&str]) -> Self {
+        let env = redis.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let payments = BackendProcess::start("payments", &[], &env);
         let notifications = BackendProcess::start("notifications", &[], &[]);
         let res = Self::start_reservations(&redis, &payments, &notifications, res_args);
         let http = reqwest::Client::builder()
@@ -57,7 +120,7 @@ impl Stack {
 
     /// Starts one more reservations process against the same Redis and services.
     pub fn start_reservations(
-        redis: &RedisServer,
+        redis: &Backing,
         payments: &BackendProcess,
         notifications: &BackendProcess,
         res_args: &[&str],
@@ -74,7 +137,9 @@ impl Stack {
         ];
         args.extend(res_args.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        BackendProcess::start("reservations", &refs, &[("REDIS_URL", &redis.url())])
+        let env = redis.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        BackendProcess::start("reservations", &refs, &env)
     }
 
     pub async fn send(
@@ -190,17 +255,23 @@ impl Stack {
 
     /// The raw state of one seat read straight from Redis (works while reservations is down).
     pub async fn seat_status_direct(&self, event_id: &str, seat: &str) -> String {
-        let client = redis::Client::open(self.redis.url()).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis connection");
-        let state: Option<String> = redis::cmd("HGET")
-            .arg(keys::event_seats(event_id))
-            .arg(seat)
-            .query_async(&mut conn)
-            .await
-            .expect("HGET");
+        let mut hget = redis::cmd("HGET");
+        hget.arg(keys::event_seats(event_id)).arg(seat);
+        let state: Option<String> = match &self.redis {
+            Backing::Standalone(r) => {
+                let client = redis::Client::open(r.url()).expect("redis url");
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("redis connection");
+                hget.query_async(&mut conn).await.expect("HGET")
+            }
+            Backing::Cluster(c) => {
+                let client = redis::cluster::ClusterClient::new(c.urls()).expect("seeds");
+                let mut conn = client.get_async_connection().await.expect("cluster");
+                hget.query_async(&mut conn).await.expect("HGET")
+            }
+        };
         match state.as_deref().and_then(|s| s.as_bytes().first()) {
             Some(b'A') => "available",
             Some(b'S') => "sold",

@@ -334,6 +334,12 @@ impl Inventory {
             }
         }
         let outcome = self.hold_script(req, t).await?;
+        if outcome == HoldOutcome::Held {
+            // The charge follows: the saga must not vanish in a failover after it.
+            self.store
+                .wait_for_replica(&keys::reservation(req.res_id))
+                .await;
+        }
         if let (HoldOutcome::Rejected { failure, detail }, Some((key, _))) =
             (&outcome, req.idempotency)
         {
@@ -434,6 +440,12 @@ impl Inventory {
         ];
         let reply = self.run(&self.scripts.confirm, &keys, &args).await?;
         let step = parse_step("confirm", reply)?;
+        if matches!(step, Step::Done(_)) {
+            // A 201 follows: the sale must not vanish in a failover after it.
+            self.store
+                .wait_for_replica(&keys::reservation(c.res_id))
+                .await;
+        }
         if let (Step::Done(_), Some(key)) = (&step, c.idempotency_key) {
             self.finish_key(key, c.res_id, IdemEnd::Created(c.response_body))
                 .await;
