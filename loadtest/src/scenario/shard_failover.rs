@@ -5,7 +5,8 @@
 //!
 //! Passes when: every answer was a success, a 429, or a 503 `inventory_unavailable` with
 //! `Retry-After` (never another 5xx or a dropped connection); writes succeed again after the
-//! promotion by themselves (before the old master is back); every saga of the event ends (none
+//! promotion by themselves (before the old master is back) and do not fail again while it
+//! rejoins as a replica; every saga of the event ends (none
 //! left `HELD`/`PAYMENT_PENDING`); and the audit finds no oversell and no net charge on a
 //! reservation that is not `CONFIRMED`.
 
@@ -93,19 +94,41 @@ pub fn kind(s: &Sample) -> String {
     }
 }
 
-/// When the writes recovered: the send time of the first success after `fault` that no failed
-/// write (shed or bad) follows. `None` if the run ended on failures.
-pub fn recovered_at(samples: &[Sample], fault: Duration) -> Option<Duration> {
-    let last_failure = samples
+/// When the writes recovered from the failover: among the writes sent from `fault` up to
+/// `until` (the old master's restart, which may disturb them again and is judged apart), the send
+/// time of the first success that no failed write (shed or bad) follows. `None` if that stretch
+/// ended on failures.
+pub fn recovered_at(
+    samples: &[Sample],
+    fault: Duration,
+    until: Option<Duration>,
+) -> Option<Duration> {
+    let window: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.start >= fault && matches!(classify(s), Class::Shed | Class::Bad))
+        .filter(|s| s.start >= fault && until.is_none_or(|u| s.start < u))
+        .collect();
+    let last_failure = window
+        .iter()
+        .filter(|s| matches!(classify(s), Class::Shed | Class::Bad))
         .map(|s| s.start)
         .max();
-    samples
+    window
         .iter()
         .filter(|s| s.start >= last_failure.unwrap_or(fault) && classify(s) == Class::Success)
         .map(|s| s.start)
         .min()
+}
+
+/// Failed writes (shed or bad) sent at or after `from`: how many, and the first and last send
+/// time.
+pub fn failures_from(samples: &[Sample], from: Duration) -> (u64, Option<(Duration, Duration)>) {
+    let times: Vec<Duration> = samples
+        .iter()
+        .filter(|s| s.start >= from && matches!(classify(s), Class::Shed | Class::Bad))
+        .map(|s| s.start)
+        .collect();
+    let span = times.first().zip(times.last()).map(|(a, b)| (*a, *b));
+    (times.len() as u64, span)
 }
 
 /// The moments of the fault, relative to the start of the flood.
@@ -501,38 +524,43 @@ async fn analyse(
         promote_ms.map_or("not promoted".into(), |m| format!("after {m} ms")),
         marks.promoted.is_some(),
     );
-    let recovered = recovered_at(samples, marks.fault);
+    let recovered = recovered_at(samples, marks.fault, marks.restarted);
     r.figure("recoveredAtMs", recovered.map(|d| d.as_millis() as u64));
-    let by_themselves = match (recovered, marks.promoted, marks.restarted) {
-        (Some(rec), Some(_), Some(restart)) => rec <= restart,
-        _ => false,
-    };
     r.check(
         "writes recover by themselves after the promotion",
-        "only 2xx from some moment before the old master is back",
+        "only 2xx from some moment after the promotion, before the old master is back",
         match (recovered, marks.promoted) {
             (Some(rec), Some(p)) => format!(
-                "from {} after the fault ({} after the promotion{})",
+                "from {} after the fault ({} after the promotion was seen)",
                 ms(rec.saturating_sub(marks.fault)),
-                if rec >= p {
-                    ms(rec - p)
-                } else {
-                    // The flood saw it before the 200 ms topology poll did.
-                    "0 ms".to_owned()
-                },
-                if by_themselves {
-                    ""
-                } else {
-                    "; only after the restart"
-                }
+                // The flood may see it before the 200 ms topology poll does.
+                ms(rec.saturating_sub(p))
             ),
             (Some(rec), None) => format!(
                 "from {} after the fault, no promotion seen",
                 ms(rec.saturating_sub(marks.fault))
             ),
-            (None, _) => "the run ended on failed writes".into(),
+            (None, _) => "still failing when the old master was started again".into(),
         },
-        by_themselves,
+        recovered.is_some() && marks.promoted.is_some() && marks.restarted.is_some(),
+    );
+    // The old master coming back (as a replica that must resync) should not fail writes again.
+    let (relapses, span) = marks
+        .restarted
+        .map_or((0, None), |t| failures_from(samples, t));
+    r.figure("failedWritesAfterRestart", relapses);
+    r.check(
+        "writes unaffected while the old master rejoins",
+        "no failed write sent after its restart",
+        match span {
+            Some((a, b)) if relapses > 0 => format!(
+                "{relapses} failed, sent {}..{} after the restart",
+                ms(a.saturating_sub(marks.restarted.unwrap_or_default())),
+                ms(b.saturating_sub(marks.restarted.unwrap_or_default()))
+            ),
+            _ => "none".into(),
+        },
+        relapses == 0,
     );
     r.check(
         "the stopped master rejoined as an in-sync replica",
@@ -711,13 +739,23 @@ mod tests {
             sample(250, Some(201), "{}", None),
             sample(300, Some(201), "{}", None),
         ];
-        assert_eq!(recovered_at(&s, fault), Some(Duration::from_millis(250)));
+        assert_eq!(
+            recovered_at(&s, fault, None),
+            Some(Duration::from_millis(250))
+        );
+        // Judged only up to the restart: the failure at 200 ms is after it.
+        assert_eq!(
+            recovered_at(&s, fault, Some(Duration::from_millis(190))),
+            Some(Duration::from_millis(150))
+        );
+        assert_eq!(failures_from(&s, Duration::from_millis(190)).0, 1);
+        assert_eq!(failures_from(&s, Duration::from_millis(260)), (0, None));
         // No failure at all: the first success after the fault.
         assert_eq!(
-            recovered_at(&s[4..], fault),
+            recovered_at(&s[4..], fault, None),
             Some(Duration::from_millis(250))
         );
         // Ending on a failure: not recovered.
-        assert_eq!(recovered_at(&s[..4], fault), None);
+        assert_eq!(recovered_at(&s[..4], fault, None), None);
     }
 }
