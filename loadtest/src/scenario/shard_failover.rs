@@ -35,8 +35,12 @@ const BASELINE: Duration = Duration::from_secs(3);
 const PROMOTION_BOUND: Duration = Duration::from_secs(30);
 /// Bound on writes succeeding again after the promotion.
 const RECOVERY_BOUND: Duration = Duration::from_secs(20);
-/// Successes after the promotion that count as "writes recovered" while flooding.
+/// Successes after the promotion, and a stretch without a failed write, that count as "writes
+/// recovered" while flooding: only then is the old master started again, so that a backend that
+/// recovers and relapses is not restarted in the middle of it.
 const RECOVERED_AFTER: u64 = 5;
+/// See [`RECOVERED_AFTER`].
+const STEADY_FOR: Duration = Duration::from_secs(2);
 /// Bound on the restarted node rejoining as an in-sync replica.
 const REJOIN_BOUND: Duration = Duration::from_secs(40);
 /// Bound on every saga of the event ending.
@@ -129,6 +133,38 @@ pub fn failures_from(samples: &[Sample], from: Duration) -> (u64, Option<(Durati
         .collect();
     let span = times.first().zip(times.last()).map(|(a, b)| (*a, *b));
     (times.len() as u64, span)
+}
+
+/// What the flood has seen so far, for deciding when to restart the old master.
+#[derive(Debug)]
+struct Progress {
+    t0: Instant,
+    successes: AtomicU64,
+    /// When the latest failed write was answered, in ms from `t0`.
+    last_failure_ms: AtomicU64,
+}
+
+impl Progress {
+    fn record(&self, res: &Result<crate::http::Reply, crate::http::HttpError>) {
+        match res {
+            Ok(x) if x.is_success() => {
+                self.successes.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(x) if x.status == 429 => {}
+            _ => {
+                let now = self.t0.elapsed().as_millis() as u64;
+                self.last_failure_ms.fetch_max(now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// At least `n` successes more than `base`, and no failed write for `quiet`.
+    fn steady(&self, base: u64, n: u64, quiet: Duration) -> bool {
+        let since = self.t0.elapsed().saturating_sub(Duration::from_millis(
+            self.last_failure_ms.load(Ordering::Relaxed),
+        ));
+        self.successes.load(Ordering::Relaxed) >= base + n && since >= quiet
+    }
 }
 
 /// The moments of the fault, relative to the start of the flood.
@@ -280,29 +316,31 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
     );
     let pool = Arc::new(ctx.pool(200, 13, Duration::from_secs(20))?);
     let stop = Arc::new(AtomicBool::new(false));
-    let successes = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let progress = Arc::new(Progress {
+        t0,
+        successes: AtomicU64::new(0),
+        last_failure_ms: AtomicU64::new(0),
+    });
     let emails: Vec<String> = (0..EMAILS)
         .map(|i| format!("shard-{}-{}-{i}@loadtest.local", ctx.run_id, ctx.seed))
         .collect();
-    let t0 = Instant::now();
     let loader = {
-        let (pool, stop, successes, gateways) = (
+        let (pool, stop, progress, gateways) = (
             pool.clone(),
             stop.clone(),
-            successes.clone(),
+            progress.clone(),
             gateways.clone(),
         );
         let (event, emails) = (event.clone(), emails.clone());
         tokio::spawn(async move {
             load::paced_until(rate, MAX_FLOOD, 64, &stop, |i| {
-                let (pool, successes) = (pool.clone(), successes.clone());
+                let (pool, progress) = (pool.clone(), progress.clone());
                 let url = gateways[i as usize % gateways.len()].clone();
                 let body = ga_request(&event, &emails[(i % EMAILS) as usize], 1);
                 async move {
                     let res = post_from(pool.pick(), &url, &body, Duration::from_secs(20)).await;
-                    if res.as_ref().is_ok_and(|x| x.is_success()) {
-                        successes.fetch_add(1, Ordering::Relaxed);
-                    }
+                    progress.record(&res);
                     res
                 }
             })
@@ -318,7 +356,7 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
         slot,
         &replica_handles,
         t0,
-        &successes,
+        &progress,
     )
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -339,7 +377,7 @@ async fn drive(
     slot: u16,
     replicas: &[Handle],
     t0: Instant,
-    successes: &AtomicU64,
+    progress: &Progress,
 ) -> Result<Marks, ScenarioError> {
     tokio::time::sleep_until((t0 + BASELINE).into()).await;
     std::fs::create_dir_all(&ctx.opts.out_dir).map_err(|source| ScenarioError::Io {
@@ -366,14 +404,16 @@ async fn drive(
     marks.promoted = promoted.as_ref().map(|_| t0.elapsed());
     marks.new_master = promoted;
 
-    // Writes recovered (seen by the flood itself), bounded; then the old master comes back.
+    // Writes recovered and steady (seen by the flood itself), bounded; then the old master
+    // comes back.
     if marks.promoted.is_some() {
-        let base = successes.load(Ordering::Relaxed);
+        let base = progress.successes.load(Ordering::Relaxed);
         let _ = poll(RECOVERY_BOUND, || async {
-            (successes.load(Ordering::Relaxed) >= base + RECOVERED_AFTER).then_some(())
+            progress
+                .steady(base, RECOVERED_AFTER, STEADY_FOR)
+                .then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let (notes, errors) = ctx.restorer.restore_all(&ctx.stack.http).await;
     r.figure("restore", &notes);
