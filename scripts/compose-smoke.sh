@@ -5,6 +5,7 @@
 # the services that failed are printed.
 #
 # Usage: scripts/compose-smoke.sh
+# (The scaled stack, docker-compose.cluster.yml, has its own: scripts/compose-cluster-smoke.sh.)
 # Environment (all optional):
 #   SKIP_BASE_IMAGES=1  do not run scripts/build-base-images.sh (images come from a registry)
 #   SKIP_BUILD=1        use the seat-gateway-stack:latest image as it is (no compose build)

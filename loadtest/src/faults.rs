@@ -203,7 +203,9 @@ pub struct Compose {
 }
 
 impl Compose {
-    async fn run(&self, action: &str, service: &str) -> Result<(), FaultError> {
+    /// Runs `docker compose [-f FILE] <args>` (falling back to `docker-compose`), bounded by
+    /// 60 s; returns its standard output. `action` and `service` name it in errors.
+    async fn run(&self, action: &str, service: &str, args: &[&str]) -> Result<String, FaultError> {
         let mut last = String::new();
         for (prog, pre) in [("docker", vec!["compose"]), ("docker-compose", vec![])] {
             let mut cmd = Command::new(prog);
@@ -211,14 +213,12 @@ impl Compose {
             if let Some(f) = &self.file {
                 cmd.arg("-f").arg(f);
             }
-            cmd.arg(action);
-            if action == "stop" {
-                cmd.args(["-t", "2"]);
-            }
-            cmd.arg(service);
+            cmd.args(args);
             let run = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await;
             match run {
-                Ok(Ok(out)) if out.status.success() => return Ok(()),
+                Ok(Ok(out)) if out.status.success() => {
+                    return Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                }
                 Ok(Ok(out)) => {
                     last = format!(
                         "{prog}: {}",
@@ -238,12 +238,23 @@ impl Compose {
 
     /// `docker compose stop <service>`.
     pub async fn stop(&self, service: &str) -> Result<(), FaultError> {
-        self.run("stop", service).await
+        self.run("stop", service, &["stop", "-t", "2", service])
+            .await
+            .map(drop)
     }
 
     /// `docker compose start <service>`.
     pub async fn start(&self, service: &str) -> Result<(), FaultError> {
-        self.run("start", service).await
+        self.run("start", service, &["start", service])
+            .await
+            .map(drop)
+    }
+
+    /// `docker compose exec -T <service> <command...>`: the command's standard output.
+    pub async fn exec(&self, service: &str, command: &[&str]) -> Result<String, FaultError> {
+        let mut args = vec!["exec", "-T", service];
+        args.extend_from_slice(command);
+        self.run("exec", service, &args).await
     }
 }
 

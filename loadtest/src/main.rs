@@ -38,11 +38,27 @@ enum Command {
 #[derive(Debug, Args)]
 struct TargetArgs {
     /// Gateway proxy URL [default: http://127.0.0.1:8080, or http://127.0.0.1:80 with --compose].
-    #[arg(long, env = "LOADTEST_GATEWAY")]
-    gateway: Option<String>,
-    /// Gateway admin URL [default: http://127.0.0.1:9901].
-    #[arg(long, env = "LOADTEST_ADMIN")]
-    admin: Option<String>,
+    /// Repeatable (or comma-separated) for the cluster scenarios, which spread over every
+    /// gateway given [default: :8080, :8081, :8082; with --cluster :80, :8081, :8082]; the others
+    /// use the first.
+    #[arg(long, env = "LOADTEST_GATEWAY", value_delimiter = ',')]
+    gateway: Vec<String>,
+    /// Gateway admin URL, repeatable in the order of --gateway
+    /// [default: http://127.0.0.1:9901, then :9902, :9903 for the cluster scenarios].
+    #[arg(long, env = "LOADTEST_ADMIN", value_delimiter = ',')]
+    admin: Vec<String>,
+    /// shard-failover without --cluster: the local Redis Cluster nodes as host:port, repeatable
+    /// [default: 127.0.0.1:7000 .. 127.0.0.1:7005, as scripts/run-local.sh --cluster starts them].
+    #[arg(
+        long = "redis-node",
+        env = "LOADTEST_REDIS_NODES",
+        value_delimiter = ','
+    )]
+    redis_nodes: Vec<String>,
+    /// Target the scaled compose stack (docker-compose.cluster.yml, SPEC §10.3): three gateways
+    /// on :80, :8081, :8082 (admin :9901-9903), real `docker compose stop/start` of Redis nodes.
+    #[arg(long)]
+    cluster: bool,
     /// Reservations replicas, comma-separated; the second is the one `replica-down` takes down
     /// [default: http://127.0.0.1:3001,http://127.0.0.1:3011].
     #[arg(long, env = "LOADTEST_RESERVATIONS", value_delimiter = ',')]
@@ -69,8 +85,10 @@ struct TargetArgs {
 impl TargetArgs {
     fn targets(self) -> Targets {
         Targets::resolve(TargetOverrides {
-            gateway: self.gateway,
-            admin: self.admin,
+            gateways: self.gateway,
+            admins: self.admin,
+            redis_nodes: self.redis_nodes,
+            cluster: self.cluster,
             reservations: self.reservations,
             payments: self.payments,
             notifications: self.notifications,
@@ -117,6 +135,10 @@ struct ScenarioArgs {
     /// afterwards with the same command line (instead of chaos `down`).
     #[arg(long)]
     kill: bool,
+    /// shard-failover: offered reservation rate (requests/s), spread over 200 client addresses
+    /// and every gateway.
+    #[arg(long, default_value_t = 40.0)]
+    failover_rate: f64,
     /// replica-down: kill -9 this pid (and restart it afterwards with the same command line).
     #[arg(long)]
     kill_pid: Option<u32>,
@@ -193,6 +215,7 @@ async fn scenario(a: ScenarioArgs) -> anyhow::Result<bool> {
             read_rate: a.read_rate,
             kill_pid: a.kill_pid,
             kill: a.kill,
+            failover_rate: a.failover_rate,
             out_dir: a.out_dir,
         },
         seed: run_seed(),

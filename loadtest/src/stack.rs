@@ -110,6 +110,16 @@ impl Audit {
     }
 }
 
+/// `GET /admin/placement/{eventId}` of a reservations replica in cluster mode.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// The hash tag the event's keys carry, e.g. `g3.17`.
+    pub hash_tag: Option<String>,
+    /// The Redis Cluster hash slot of those keys.
+    pub slot: u16,
+}
+
 /// How an event is created.
 #[derive(Debug, Clone)]
 pub enum EventSpec {
@@ -289,16 +299,24 @@ impl Stack {
         Ok(v.as_array().cloned().unwrap_or_default())
     }
 
-    /// `GET {admin}/status`.
+    /// `GET {admin}/status` of the first gateway.
     pub async fn gateway_status(&self) -> Result<Value, HttpError> {
-        self.http
-            .get_json(&format!("{}/status", self.targets.admin))
-            .await
+        self.gateway_status_at(&self.targets.admin).await
     }
 
-    /// `GET {admin}/metrics` as text.
+    /// `GET {admin}/status` of one gateway's admin listener.
+    pub async fn gateway_status_at(&self, admin: &str) -> Result<Value, HttpError> {
+        self.http.get_json(&format!("{admin}/status")).await
+    }
+
+    /// `GET {admin}/metrics` of the first gateway, as text.
     pub async fn gateway_metrics(&self) -> Result<String, HttpError> {
-        let url = format!("{}/metrics", self.targets.admin);
+        self.gateway_metrics_at(&self.targets.admin).await
+    }
+
+    /// `GET {admin}/metrics` of one gateway's admin listener, as text.
+    pub async fn gateway_metrics_at(&self, admin: &str) -> Result<String, HttpError> {
+        let url = format!("{admin}/metrics");
         let r = self.http.get(&url).await?;
         if r.is_success() {
             Ok(r.body)
@@ -311,6 +329,26 @@ impl Stack {
                 body: r.body_excerpt(),
             })
         }
+    }
+
+    /// `GET {replica}/admin/placement/{id}`: where the event's keys live in a Redis Cluster.
+    pub async fn placement(&self, replica: &str, id: &str) -> Result<Placement, HttpError> {
+        let url = format!("{replica}/admin/placement/{id}");
+        let v = self.http.get_json(&url).await?;
+        let slot = v
+            .get("slot")
+            .and_then(Value::as_u64)
+            .and_then(|s| u16::try_from(s).ok())
+            .filter(|s| *s < crate::topology::SLOTS)
+            .ok_or_else(|| HttpError::Body {
+                url: url.clone(),
+                reason: "no \"slot\" in 0..16384".into(),
+                body: crate::http::excerpt(&v.to_string()),
+            })?;
+        Ok(Placement {
+            hash_tag: v.get("hashTag").and_then(Value::as_str).map(str::to_owned),
+            slot,
+        })
     }
 
     /// `GET {url}/health`.

@@ -16,6 +16,39 @@ pub const RESERVATIONS: [&str; 2] = ["http://127.0.0.1:3001", "http://127.0.0.1:
 pub const PAYMENTS: &str = "http://127.0.0.1:3002";
 /// Notifications service.
 pub const NOTIFICATIONS: &str = "http://127.0.0.1:3003";
+/// The three gateways of the local scaled stack (`scripts/run-local.sh --cluster`).
+pub const LOCAL_CLUSTER_GATEWAYS: [&str; 3] = [
+    "http://127.0.0.1:8080",
+    "http://127.0.0.1:8081",
+    "http://127.0.0.1:8082",
+];
+/// The three gateways of the scaled compose stack (`docker-compose.cluster.yml`).
+pub const COMPOSE_CLUSTER_GATEWAYS: [&str; 3] = [
+    "http://127.0.0.1:80",
+    "http://127.0.0.1:8081",
+    "http://127.0.0.1:8082",
+];
+/// Their admin listeners, in the same order (local and compose).
+pub const CLUSTER_ADMINS: [&str; 3] = [
+    "http://127.0.0.1:9901",
+    "http://127.0.0.1:9902",
+    "http://127.0.0.1:9903",
+];
+/// The Redis Cluster nodes of the local scaled stack.
+pub const LOCAL_REDIS_NODES: [&str; 6] = [
+    "127.0.0.1:7000",
+    "127.0.0.1:7001",
+    "127.0.0.1:7002",
+    "127.0.0.1:7003",
+    "127.0.0.1:7004",
+    "127.0.0.1:7005",
+];
+/// The compose file of the scaled stack (`--cluster`).
+pub const CLUSTER_COMPOSE_FILE: &str = "docker-compose.cluster.yml";
+/// The Redis Cluster services of the scaled compose stack.
+pub const CLUSTER_REDIS_SERVICES: [&str; 6] = [
+    "redis-1", "redis-2", "redis-3", "redis-4", "redis-5", "redis-6",
+];
 
 /// How faults that SPEC §9 calls "real" are injected on a compose stack.
 #[derive(Debug, Clone, Serialize)]
@@ -26,6 +59,8 @@ pub struct ComposeTarget {
     pub replica_service: String,
     /// Service stopped by `inventory-down`.
     pub redis_service: String,
+    /// The Redis Cluster node services (`--cluster`; empty otherwise).
+    pub redis_services: Vec<String>,
 }
 
 /// Every URL a scenario talks to.
@@ -35,6 +70,15 @@ pub struct Targets {
     pub gateway: String,
     /// Gateway admin base URL (`/status`, `/metrics`).
     pub admin: String,
+    /// Every gateway, for the scenarios that spread their traffic over several
+    /// (`cluster-flood`, `shard-failover`); the first is [`Targets::gateway`].
+    pub gateways: Vec<String>,
+    /// Their admin listeners, in the same order; the first is [`Targets::admin`].
+    pub admins: Vec<String>,
+    /// The Redis Cluster nodes as `host:port` on this machine (the local scaled stack).
+    pub redis_nodes: Vec<String>,
+    /// Targeting the scaled compose stack (`--cluster`).
+    pub cluster: bool,
     /// Reservations replicas, directly (admin, audit, chaos). The second one is the one
     /// `replica-down` takes down.
     pub reservations: Vec<String>,
@@ -52,10 +96,14 @@ pub struct Targets {
 /// Overrides from the command line; `None` keeps the default of the chosen stack.
 #[derive(Debug, Clone, Default)]
 pub struct TargetOverrides {
-    /// `--gateway`.
-    pub gateway: Option<String>,
-    /// `--admin`.
-    pub admin: Option<String>,
+    /// `--gateway` (repeatable; the first is the one single-gateway scenarios use).
+    pub gateways: Vec<String>,
+    /// `--admin` (repeatable, in the order of the gateways).
+    pub admins: Vec<String>,
+    /// `--redis-node host:port` (repeatable): the local cluster's nodes.
+    pub redis_nodes: Vec<String>,
+    /// `--cluster`: the scaled compose stack.
+    pub cluster: bool,
     /// `--reservations URL,URL`.
     pub reservations: Option<Vec<String>>,
     /// `--payments`.
@@ -78,14 +126,43 @@ impl Targets {
     /// Resolves the targets: local stack by default, compose stack with `--compose`, each URL
     /// overridable.
     pub fn resolve(o: TargetOverrides) -> Self {
-        let default_gateway = if o.compose {
-            COMPOSE_GATEWAY
+        // `--cluster` is the scaled compose stack: compose faults, on its own file.
+        let compose = o.compose || o.cluster;
+        let owned = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let gateways = if !o.gateways.is_empty() {
+            o.gateways
+        } else if o.cluster {
+            owned(&COMPOSE_CLUSTER_GATEWAYS)
+        } else if compose {
+            owned(&[COMPOSE_GATEWAY])
         } else {
-            LOCAL_GATEWAY
+            // The local stack; the two gateways after the first exist only with
+            // `scripts/run-local.sh --cluster`, and only the cluster scenarios use them.
+            owned(&LOCAL_CLUSTER_GATEWAYS)
         };
+        let admins = if !o.admins.is_empty() {
+            o.admins
+        } else if o.cluster || !compose {
+            owned(&CLUSTER_ADMINS)
+        } else {
+            owned(&[ADMIN])
+        };
+        let gateways: Vec<String> = gateways.into_iter().map(trim).collect();
+        let admins: Vec<String> = admins.into_iter().map(trim).collect();
         Self {
-            gateway: trim(o.gateway.unwrap_or_else(|| default_gateway.to_owned())),
-            admin: trim(o.admin.unwrap_or_else(|| ADMIN.to_owned())),
+            gateway: gateways
+                .first()
+                .cloned()
+                .unwrap_or_else(|| LOCAL_GATEWAY.to_owned()),
+            admin: admins.first().cloned().unwrap_or_else(|| ADMIN.to_owned()),
+            gateways,
+            admins,
+            redis_nodes: if o.redis_nodes.is_empty() {
+                owned(&LOCAL_REDIS_NODES)
+            } else {
+                o.redis_nodes
+            },
+            cluster: o.cluster,
             reservations: o
                 .reservations
                 .unwrap_or_else(|| RESERVATIONS.iter().map(|s| s.to_string()).collect())
@@ -94,10 +171,17 @@ impl Targets {
                 .collect(),
             payments: trim(o.payments.unwrap_or_else(|| PAYMENTS.to_owned())),
             notifications: trim(o.notifications.unwrap_or_else(|| NOTIFICATIONS.to_owned())),
-            compose: o.compose.then(|| ComposeTarget {
-                file: o.compose_file,
+            compose: compose.then(|| ComposeTarget {
+                file: o
+                    .compose_file
+                    .or_else(|| o.cluster.then(|| PathBuf::from(CLUSTER_COMPOSE_FILE))),
                 replica_service: "reservations-2".to_owned(),
-                redis_service: "redis".to_owned(),
+                redis_service: if o.cluster { "redis-1" } else { "redis" }.to_owned(),
+                redis_services: if o.cluster {
+                    owned(&CLUSTER_REDIS_SERVICES)
+                } else {
+                    Vec::new()
+                },
             }),
             distinct_sources: !o.same_source,
         }
@@ -136,6 +220,32 @@ mod tests {
         assert_eq!(t.reservations.len(), 2);
         assert!(t.compose.is_none());
         assert!(t.distinct_sources);
+        assert_eq!(t.gateways.len(), 3);
+        assert_eq!(t.gateways[0], t.gateway);
+        assert_eq!(t.admins[0], t.admin);
+        assert_eq!(t.redis_nodes[0], "127.0.0.1:7000");
+    }
+
+    #[test]
+    fn cluster_targets_the_scaled_compose_stack() {
+        let t = Targets::resolve(TargetOverrides {
+            cluster: true,
+            ..Default::default()
+        });
+        assert_eq!(t.gateway, "http://127.0.0.1:80");
+        assert_eq!(t.gateways[2], "http://127.0.0.1:8082");
+        assert_eq!(t.admins[1], "http://127.0.0.1:9902");
+        let c = t.compose.expect("compose");
+        assert_eq!(c.file, Some(PathBuf::from(CLUSTER_COMPOSE_FILE)));
+        assert_eq!(c.redis_services.len(), 6);
+        let plain = Targets::resolve(TargetOverrides {
+            compose: true,
+            gateways: vec!["http://h:1/".into(), "http://h:2".into()],
+            ..Default::default()
+        });
+        assert_eq!(plain.gateway, "http://h:1");
+        assert_eq!(plain.gateways, vec!["http://h:1", "http://h:2"]);
+        assert_eq!(plain.admins, vec![ADMIN]);
     }
 
     #[test]

@@ -31,7 +31,11 @@ pub async fn discover_limits(ctx: &Ctx) -> (Vec<ZoneLimit>, String) {
             .get("config")
             .and_then(|c| c.get("path"))
             .and_then(Value::as_str);
-        let fallback = if ctx.compose() {
+        // The config path /status reports is the gateway's own: inside a container it does not
+        // exist on this host, so the file the stack mounts is read instead.
+        let fallback = if ctx.stack.targets.cluster {
+            "conf/gateway.cluster.yaml"
+        } else if ctx.compose() {
             "conf/gateway.yaml"
         } else {
             "conf/gateway.local.yaml"

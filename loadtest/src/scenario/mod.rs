@@ -1,11 +1,13 @@
 //! The demos of SPEC §9. Each scenario sets up its own event, injects one fault, measures, and
 //! always restores; the runner adds a failed check when restoring failed.
 
+pub mod cluster_flood;
 pub mod flood;
 pub mod inventory_down;
 pub mod notifications_down;
 pub mod race;
 pub mod replica_down;
+pub mod shard_failover;
 pub mod slow_payments;
 
 use std::path::PathBuf;
@@ -30,6 +32,9 @@ pub enum ScenarioError {
     /// A fault could not be injected.
     #[error(transparent)]
     Fault(#[from] FaultError),
+    /// A Redis Cluster node could not be reached, stopped or started.
+    #[error(transparent)]
+    Nodes(#[from] crate::redis_nodes::NodesError),
     /// Writing a chart or log failed.
     #[error("{path}: {source}")]
     Io {
@@ -61,8 +66,12 @@ pub enum Name {
     NotificationsDown,
     /// One reservations replica down.
     ReplicaDown,
-    /// All of the above.
+    /// All of the above (not the two scaled-stack scenarios below).
     All,
+    /// The scaled stack: one client floods every gateway at once (SPEC §10.3).
+    ClusterFlood,
+    /// The scaled stack: the Redis master of an event's slot stops mid-flood (SPEC §10.3).
+    ShardFailover,
 }
 
 impl Name {
@@ -87,6 +96,8 @@ impl Name {
             Name::NotificationsDown => "notifications-down",
             Name::ReplicaDown => "replica-down",
             Name::All => "all",
+            Name::ClusterFlood => "cluster-flood",
+            Name::ShardFailover => "shard-failover",
         }
     }
 }
@@ -110,6 +121,8 @@ pub struct Options {
     pub kill_pid: Option<u32>,
     /// `replica-down`: kill whatever listens on the second replica's port (then restart it).
     pub kill: bool,
+    /// `shard-failover`: offered reservation rate.
+    pub failover_rate: f64,
     /// Where charts and logs go.
     pub out_dir: PathBuf,
 }
@@ -125,6 +138,7 @@ impl Default for Options {
             read_rate: 100.0,
             kill_pid: None,
             kill: false,
+            failover_rate: 40.0,
             out_dir: PathBuf::from("loadtest-out"),
         }
     }
@@ -280,6 +294,8 @@ async fn run_one(name: Name, ctx: &Ctx) -> ScenarioReport {
                 Name::SlowPayments => slow_payments::run(ctx, &mut r).await,
                 Name::NotificationsDown => notifications_down::run(ctx, &mut r).await,
                 Name::ReplicaDown => replica_down::run(ctx, &mut r).await,
+                Name::ClusterFlood => cluster_flood::run(ctx, &mut r).await,
+                Name::ShardFailover => shard_failover::run(ctx, &mut r).await,
                 Name::All => Err(ScenarioError::Setup(
                     "`all` is not a single scenario".into(),
                 )),
