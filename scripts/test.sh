@@ -7,8 +7,8 @@
 #
 # Environment switches (all optional):
 #   SKIP_INSTALL=1   never call apt-get; fail with the list of what is missing instead
-#   SKIP_LOCAL=1     skip the scenarios against the local (no Docker) stack
-#   SKIP_COMPOSE=1   skip the docker compose smoke test
+#   SKIP_LOCAL=1     skip the scenarios against the local (no Docker) stacks
+#   SKIP_COMPOSE=1   skip the docker compose smoke tests (main and scaled stack)
 #   COMPOSE_SCENARIOS=0  compose smoke test without `loadtest scenario all --compose`
 #   SKIP_SCHEMATHESIS=1  skip the Schemathesis run against the reservations OpenAPI document
 #   SKIP_FUZZ=1      skip scripts/fuzz.sh (CI runs each target FUZZ_SECONDS=20 s without a
@@ -81,6 +81,15 @@ if [ "${SKIP_LOCAL:-0}" != 1 ]; then
   timeout 600 "${CARGO_TARGET_DIR:-$ROOT/target}/debug/loadtest" scenario all \
     --json "$ROOT/target/loadtest-local.json" --out-dir "$ROOT/target/loadtest-local"
   cleanup_local
+  # The scaled stack of SPEC §10.3 without Docker: six local Redis Cluster nodes, the backend in
+  # cluster mode, three gateways sharing cluster zones; its two scenarios.
+  step "scaled-stack scenarios against scripts/run-local.sh --cluster"
+  scripts/run-local.sh --cluster --detach --debug --no-build
+  timeout 300 "${CARGO_TARGET_DIR:-$ROOT/target}/debug/loadtest" scenario cluster-flood \
+    --json "$ROOT/target/loadtest-cluster-flood.json" --out-dir "$ROOT/target/loadtest-local"
+  timeout 300 "${CARGO_TARGET_DIR:-$ROOT/target}/debug/loadtest" scenario shard-failover \
+    --json "$ROOT/target/loadtest-shard-failover.json" --out-dir "$ROOT/target/loadtest-local"
+  cleanup_local
   trap - EXIT
 fi
 
@@ -96,8 +105,12 @@ if [ "${SKIP_COMPOSE:-0}" != 1 ]; then
     else
       SKIP_SCENARIOS=1 timeout 3600 scripts/compose-smoke.sh
     fi
+    # The scaled stack from the same image (already built): cluster-flood and shard-failover
+    # with real `docker compose stop/start` of a Redis master (about 2 minutes).
+    step "docker compose smoke test of the scaled stack (docker-compose.cluster.yml)"
+    SKIP_BASE_IMAGES=1 SKIP_BUILD=1 timeout 1200 scripts/compose-cluster-smoke.sh
   else
-    echo "(no Docker engine reachable: compose smoke test skipped)"
+    echo "(no Docker engine reachable: compose smoke tests skipped)"
   fi
 fi
 

@@ -209,6 +209,7 @@ async fn restart_spec(addr: &str, pid: u32) -> Result<ProcessSpec, NodesError> {
         "cluster-enabled",
         "cluster-config-file",
         "cluster-node-timeout",
+        "cluster-require-full-coverage",
         "appendonly",
         "save",
         "logfile",
