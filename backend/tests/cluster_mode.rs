@@ -162,7 +162,20 @@ async fn a_master_killed_mid_flood_fails_fast_then_recovers() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let killed_at = t0.elapsed();
     cluster.nodes[victim].stop(); // SIGKILL
-                                  // The old master comes back mid-flood and rejoins as a replica: writes must not relapse.
+                                  // Reads of the failed shard's event are served from the cache meanwhile, marked stale.
+    let stale = eventually(Duration::from_secs(5), || async {
+        let a = stack
+            .get(format!("{}/api/events/{hot}", stack.res.url()))
+            .await;
+        let marked = a.headers.get("x-data-stale").is_some_and(|v| v == "true");
+        (a.status == StatusCode::OK && marked && a.body["stale"] == true).then_some(())
+    })
+    .await;
+    assert!(
+        stale.is_some(),
+        "no stale read of {hot} while its shard was away"
+    );
+    // The old master comes back mid-flood and rejoins as a replica: writes must not relapse.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let rejoined_at = t0.elapsed();
     cluster.nodes[victim].restart();

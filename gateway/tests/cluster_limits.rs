@@ -112,7 +112,7 @@ async fn burst(gws: &[&GatewayProcess], key: &str, n: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_down_or_frozen_falls_back_fast_and_recovers() {
     let _serial = SERIAL.lock().await;
-    let mut redis = RedisServer::start(common::free_port());
+    let redis = RedisServer::start(common::free_port());
     let up = TestUpstream::start("u").await;
     // 2r/s, burst 3, shared by two gateways.
     let y = yaml(up.addr, &[redis.url()], "2r/s", 3);
@@ -234,7 +234,7 @@ async fn reload_moves_the_store_and_keeps_serving() {
 async fn redis_cluster_master_killed_mid_trace() {
     let _serial = SERIAL.lock().await;
     let ports = [(); 6].map(|_| common::free_port());
-    let mut cluster = RedisCluster::start(ports);
+    let cluster = RedisCluster::start(ports);
     let up = TestUpstream::start("u").await;
     let y = yaml(up.addr, &cluster.urls(), "1000r/s", 1000);
     let g1 = GatewayProcess::start(&y).await;
