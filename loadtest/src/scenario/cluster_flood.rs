@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::flood::{discover_limits, drain_time, write_file, PATH};
+use super::flood::{self, discover_limits, write_file, FloodSetup, PATH};
 use super::{check_audit, post_from, Ctx, ScenarioError};
 use crate::chart::{Series, StackedChart};
 use crate::limit_req::{self, ZoneLimit};
 use crate::load::{self, Sample};
 use crate::report::ScenarioReport;
-use crate::stack::{ga_request, metric_sum, EventSpec};
+use crate::stack::{ga_request, metric_sum};
 use crate::stats::rate_series;
 
 /// Accepted-count tolerance (see the module documentation).
@@ -185,28 +185,12 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
                 .all(|v| v.shared() && v.gateways_seen >= Some(n as u64)),
     );
 
-    let rate = ctx.opts.flood_rate.clamp(1.0, 20_000.0);
-    let duration = ctx.opts.flood_duration.min(Duration::from_secs(120));
-    let planned = (rate * duration.as_secs_f64()).ceil() as u64;
-    let event = ctx.event_id("CFLOOD");
-    stack
-        .create_event(
-            stack.targets.primary(),
-            &event,
-            "loadtest cluster-flood",
-            &EventSpec::General(planned + 100),
-        )
-        .await?;
-    let pool = ctx.pool(1, 11, Duration::from_secs(20))?;
-    if !pool.distinct() || ctx.compose() {
-        // One address for everything (see flood): let earlier traffic drain first.
-        let drain = drain_time(&limits);
-        eprintln!(
-            "[loadtest] cluster-flood: the gateways see one client address; waiting {:.1} s for the zones to drain",
-            drain.as_secs_f64()
-        );
-        tokio::time::sleep(drain).await;
-    }
+    let FloodSetup {
+        rate,
+        duration,
+        event,
+        pool,
+    } = flood::prepare(ctx, &limits, "CFLOOD", 11).await?;
     // Warm every gateway's store connection and script cache with one request from another
     // client (its own limiter key), so the flood's first decisions are not the slow first ones.
     let warm = ctx.pool(1, 12, Duration::from_secs(20))?;

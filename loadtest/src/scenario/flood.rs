@@ -13,6 +13,7 @@ use crate::chart::{Series, StackedChart};
 use crate::limit_req::{self, ZoneLimit};
 use crate::load;
 use crate::report::ScenarioReport;
+use crate::sources::SourcePool;
 use crate::stack::{ga_request, metric_sum, EventSpec};
 use crate::stats::{rate_series, Latencies};
 
@@ -68,6 +69,57 @@ pub async fn discover_limits(ctx: &Ctx) -> (Vec<ZoneLimit>, String) {
 }
 
 /// How long a key needs to drain completely from a full burst in every zone (at most 60 s).
+/// A flood's plan and fixtures.
+pub struct FloodSetup {
+    /// Offered rate (requests/s).
+    pub rate: f64,
+    /// How long to flood.
+    pub duration: Duration,
+    /// The general-admission event created for the flood (room for every planned request).
+    pub event: String,
+    /// The client address(es) of the flood.
+    pub pool: SourcePool,
+}
+
+/// Plans a flood from the options, creates its event (`<tag>-…`) and takes client pool `pool`;
+/// when the gateway sees one shared address (no distinct sources, or Docker's port mapping) it
+/// first waits until earlier traffic has drained from every zone.
+pub async fn prepare(
+    ctx: &Ctx,
+    limits: &[ZoneLimit],
+    tag: &str,
+    pool: u16,
+) -> Result<FloodSetup, ScenarioError> {
+    let rate = ctx.opts.flood_rate.clamp(1.0, 20_000.0);
+    let duration = ctx.opts.flood_duration.min(Duration::from_secs(120));
+    let planned = (rate * duration.as_secs_f64()).ceil() as u64;
+    let event = ctx.event_id(tag);
+    ctx.stack
+        .create_event(
+            ctx.stack.targets.primary(),
+            &event,
+            &format!("loadtest {}", tag.to_ascii_lowercase()),
+            &EventSpec::General(planned + 100),
+        )
+        .await?;
+    let pool = ctx.pool(1, pool, Duration::from_secs(20))?;
+    if !pool.distinct() || ctx.compose() {
+        let drain = drain_time(limits);
+        eprintln!(
+            "[loadtest] {}: the gateway sees one client address; waiting {:.1} s for the zones to drain",
+            tag.to_ascii_lowercase(),
+            drain.as_secs_f64()
+        );
+        tokio::time::sleep(drain).await;
+    }
+    Ok(FloodSetup {
+        rate,
+        duration,
+        event,
+        pool,
+    })
+}
+
 pub fn drain_time(limits: &[ZoneLimit]) -> Duration {
     let ms = limits
         .iter()
@@ -100,29 +152,12 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
     let (limits, source) = discover_limits(ctx).await;
     r.figure("limits", &limits);
     r.figure("limitsSource", &source);
-    let rate = ctx.opts.flood_rate.clamp(1.0, 20_000.0);
-    let duration = ctx.opts.flood_duration.min(Duration::from_secs(120));
-    let planned = (rate * duration.as_secs_f64()).ceil() as u64;
-    let event = ctx.event_id("FLOOD");
-    stack
-        .create_event(
-            stack.targets.primary(),
-            &event,
-            "loadtest flood",
-            &EventSpec::General(planned + 100),
-        )
-        .await?;
-    let pool = ctx.pool(1, 2, Duration::from_secs(20))?;
-    if !pool.distinct() || ctx.compose() {
-        // The gateway sees one shared address (no distinct sources, or Docker's port mapping):
-        // wait until earlier traffic has drained from every zone.
-        let drain = drain_time(&limits);
-        eprintln!(
-            "[loadtest] flood: the gateway sees one client address; waiting {:.1} s for the zones to drain",
-            drain.as_secs_f64()
-        );
-        tokio::time::sleep(drain).await;
-    }
+    let FloodSetup {
+        rate,
+        duration,
+        event,
+        pool,
+    } = prepare(ctx, &limits, "FLOOD", 2).await?;
     let metrics_before = stack.gateway_metrics().await.ok();
     let src = Arc::new(pool.get(0).clone());
     let url = ctx.gw(PATH);
