@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::flood::{self, discover_limits, write_file, FloodSetup, PATH};
+use super::flood::{self, discover_limits, FloodSetup, PATH};
 use super::{check_audit, post_from, Ctx, ScenarioError};
-use crate::chart::{Series, StackedChart};
 use crate::limit_req::{self, ZoneLimit};
 use crate::load::{self, Sample};
 use crate::report::ScenarioReport;
@@ -368,27 +367,17 @@ fn chart(
         bucket,
         span,
     );
-    let chart = StackedChart {
-        title: format!(
+    flood::write_rate_chart(
+        ctx,
+        r,
+        "cluster-flood",
+        format!(
             "cluster-flood: {} POST {PATH} spread over {} gateways — {accepted} accepted, {rejected} × 429",
             samples.len(),
             ctx.stack.targets.gateways.len()
         ),
-        y_label: "responses per second (by send time)".into(),
-        bucket_secs: bucket.as_secs_f64(),
-        series: series
-            .into_iter()
-            .filter(|(_, v)| v.iter().any(|x| *x > 0.0))
-            .map(|(class, values)| Series {
-                label: class.label().into(),
-                color: class.color().into(),
-                values,
-            })
-            .collect(),
-        markers: Vec::new(),
-    };
-    let path = ctx.opts.out_dir.join("cluster-flood.svg");
-    write_file(&path, &chart.to_svg())?;
-    r.artifacts.push(path.display().to_string());
-    Ok(())
+        bucket,
+        series,
+        Vec::new(),
+    )
 }

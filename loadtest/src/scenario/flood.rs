@@ -15,7 +15,7 @@ use crate::load;
 use crate::report::ScenarioReport;
 use crate::sources::SourcePool;
 use crate::stack::{ga_request, metric_sum, EventSpec};
-use crate::stats::{rate_series, Latencies};
+use crate::stats::{rate_series, Latencies, StatusClass};
 
 /// Path flooded.
 pub const PATH: &str = "/api/reservations";
@@ -318,10 +318,32 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
         bucket,
         duration.max(span),
     );
-    let chart = StackedChart {
-        title: format!(
+    write_rate_chart(
+        ctx,
+        r,
+        "flood",
+        format!(
             "flood: {sent} POST {PATH} at {rate} r/s from one client — {accepted} accepted, {rejected} × 429"
         ),
+        bucket,
+        series,
+        Vec::new(),
+    )
+}
+
+/// Writes `<name>.svg`: answers per second by status class (empty classes left out), and lists
+/// it among the report's artifacts.
+pub fn write_rate_chart(
+    ctx: &Ctx,
+    r: &mut ScenarioReport,
+    name: &str,
+    title: String,
+    bucket: Duration,
+    series: Vec<(StatusClass, Vec<f64>)>,
+    markers: Vec<(f64, String)>,
+) -> Result<(), ScenarioError> {
+    let chart = StackedChart {
+        title,
         y_label: "responses per second (by send time)".into(),
         bucket_secs: bucket.as_secs_f64(),
         series: series
@@ -333,9 +355,9 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
                 values,
             })
             .collect(),
-        markers: Vec::new(),
+        markers,
     };
-    let path = ctx.opts.out_dir.join("flood.svg");
+    let path = ctx.opts.out_dir.join(format!("{name}.svg"));
     write_file(&path, &chart.to_svg())?;
     r.artifacts.push(path.display().to_string());
     Ok(())

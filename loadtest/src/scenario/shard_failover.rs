@@ -16,9 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::flood::write_file;
+use super::flood;
 use super::{check_audit, ms, post_from, Ctx, ScenarioError};
-use crate::chart::{Series, StackedChart};
 use crate::faults::Compose;
 use crate::load::{self, Sample};
 use crate::redis_nodes::{Handle, NodeSet};
@@ -693,28 +692,18 @@ fn chart(
             markers.push((m.as_secs_f64(), label.to_owned()));
         }
     }
-    let chart = StackedChart {
-        title: format!(
+    flood::write_rate_chart(
+        ctx,
+        r,
+        "shard-failover",
+        format!(
             "shard-failover: {} POST /api/reservations, the slot's master stopped mid-flood",
             samples.len()
         ),
-        y_label: "responses per second (by send time)".into(),
-        bucket_secs: bucket.as_secs_f64(),
-        series: series
-            .into_iter()
-            .filter(|(_, v)| v.iter().any(|x| *x > 0.0))
-            .map(|(class, values)| Series {
-                label: class.label().into(),
-                color: class.color().into(),
-                values,
-            })
-            .collect(),
+        bucket,
+        series,
         markers,
-    };
-    let path = ctx.opts.out_dir.join("shard-failover.svg");
-    write_file(&path, &chart.to_svg())?;
-    r.artifacts.push(path.display().to_string());
-    Ok(())
+    )
 }
 
 #[cfg(test)]
