@@ -59,6 +59,10 @@ struct FlowLevel {
     /// The current entry of this sequence is a single-pair mapping (a `:` or `?` indicator was
     /// seen in it): one level more, until `,` or `]`.
     pair: bool,
+    /// The deepest [`Scanner::depth`] reached inside the current entry so far. A `:` seen after
+    /// a flow collection (`[[a, b]: c]`) makes that collection the key of a pair mapping: it was
+    /// one level deeper than counted while it was open.
+    entry_peak: usize,
 }
 
 /// What opened a block level.
@@ -185,12 +189,17 @@ impl Scanner {
     }
 
     fn open_flow(&mut self, col: usize, opener: u8) -> Result<(), usize> {
+        let depth = self.depth() + 1;
+        for level in &mut self.flow {
+            level.entry_peak = level.entry_peak.max(depth);
+        }
         self.flow.push(FlowLevel {
             seq: opener == b'[',
             pair: false,
+            entry_peak: depth,
         });
         self.flow_node_start = true;
-        if self.depth() > self.limit {
+        if depth > self.limit {
             return Err(col);
         }
         Ok(())
@@ -434,7 +443,9 @@ impl Scanner {
         if let Some(level) = self.flow.last_mut() {
             if level.seq && !level.pair {
                 level.pair = true;
-                if self.depth() > self.limit {
+                // What the entry held so far is now the key: one level deeper.
+                let key_depth = level.entry_peak + 1;
+                if self.depth().max(key_depth) > self.limit {
                     return Err(col);
                 }
             }
@@ -453,21 +464,35 @@ impl Scanner {
             b']' | b'}' => {
                 self.flow.pop();
                 self.flow_node_start = false;
+                // JSON-like key: a `:` right after a flow collection is an indicator.
+                if !self.flow.is_empty() && line.get(i + 1) == Some(&b':') {
+                    self.flow_pair(i + 1)?;
+                    self.flow_node_start = true;
+                    return Ok(i + 2);
+                }
                 return Ok(i + 1);
             }
             b',' => {
                 if let Some(level) = self.flow.last_mut() {
                     level.pair = false;
                 }
+                let depth = self.depth();
+                if let Some(level) = self.flow.last_mut() {
+                    level.entry_peak = depth;
+                }
                 self.flow_node_start = true;
                 return Ok(i + 1);
             }
             _ => {}
         }
-        if (b == b'?' || b == b':')
-            && line
-                .get(i + 1)
-                .is_none_or(|&c| is_blank(c) || is_flow_indicator(c))
+        // libyaml takes a `?` starting a token in flow context for the key indicator whatever
+        // follows it (`[?a]` holds the mapping `{a: null}`); a `:` only before a blank or an
+        // indicator.
+        if b == b'?'
+            || (b == b':'
+                && line
+                    .get(i + 1)
+                    .is_none_or(|&c| is_blank(c) || is_flow_indicator(c)))
         {
             self.flow_pair(i)?;
             self.flow_node_start = true;
@@ -585,6 +610,14 @@ mod tests {
         assert_eq!(depth("a#: [[1a:x#: [[<<: 1]]\r]]\r\n"), 7);
         let deep = "[a: ".repeat(40);
         assert!(check_nesting(&deep, 64).is_err());
+        // A flow collection before the `:` is the pair's key: it was one level deeper than it
+        // looked while open (found by the config fuzz target: `? [a, [a,8]:8]: d}` passed as 3
+        // levels, libyaml built 5).
+        assert_eq!(depth("[[a, 8]: 8]\n"), 3);
+        assert_eq!(depth("[[a, 8] : 8]\n"), 3);
+        assert_eq!(depth("[x, [[1]]: 8]\n"), 4);
+        assert!(check_nesting("? [a, [a,8]:8]: d}\n", 3).is_err());
+        assert_eq!(depth("[?a, 8]\n"), 2);
     }
 
     #[test]
