@@ -3,7 +3,8 @@
 //! (`docker compose stop` with `--cluster`, else `kill -9` of the local `redis-server`). Its
 //! replica takes over; the old master is started again and rejoins as a replica.
 //!
-//! Passes when: every answer was a success, a 429, or a 503 `inventory_unavailable` with
+//! Passes when: every answer was a success, a 429, or a 503 `inventory_unavailable` (or
+//! `payment_unavailable`: a charge's ledger entry shares its reservation's shard) with
 //! `Retry-After` (never another 5xx or a dropped connection); writes succeed again after the
 //! promotion by themselves (before the old master is back) and do not fail again while it
 //! rejoins as a replica; every saga of the event ends (none
@@ -54,7 +55,9 @@ const EMAILS: u64 = 16;
 pub enum Class {
     /// 2xx.
     Success,
-    /// 503 `inventory_unavailable` with `Retry-After` ≥ 1 s: the shard is away.
+    /// 503 `inventory_unavailable` or `payment_unavailable` with `Retry-After` ≥ 1 s: the shard
+    /// is away (a charge's ledger entry lives on its reservation's shard too, so payments can be
+    /// the one that cannot reach it).
     Shed,
     /// 429 from the gateway's limits.
     Limited,
@@ -68,7 +71,10 @@ pub fn classify(s: &Sample) -> Class {
         Some(r) if r.is_success() => Class::Success,
         Some(r)
             if r.status == 503
-                && r.error_code().as_deref() == Some("inventory_unavailable")
+                && matches!(
+                    r.error_code().as_deref(),
+                    Some("inventory_unavailable" | "payment_unavailable")
+                )
                 && r.retry_after().is_some_and(|x| x >= 1) =>
         {
             Class::Shed
@@ -523,10 +529,10 @@ async fn analyse(
         baseline_ok,
     );
     r.check(
-        "every answer: 2xx, 429, or 503 inventory_unavailable with Retry-After",
+        "every answer: 2xx, 429, or 503 inventory_/payment_unavailable with Retry-After",
         "no other status, no dropped request",
         if bad.is_empty() {
-            format!("{success} × 2xx, {shed} × 503 inventory_unavailable, {limited} × 429")
+            format!("{success} × 2xx, {shed} × 503 (store away), {limited} × 429")
         } else {
             format!(
                 "{bad_count} other answers, e.g. {} ({success} × 2xx, {shed} × 503, {limited} × 429)",
@@ -747,7 +753,7 @@ mod tests {
                 r#"{"error":"payment_unavailable"}"#,
                 Some("1")
             )),
-            Class::Bad
+            Class::Shed
         );
         assert_eq!(classify(&sample(0, Some(502), "", None)), Class::Bad);
         assert_eq!(
