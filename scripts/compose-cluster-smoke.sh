@@ -69,6 +69,25 @@ print_summary() {
   printf '  %-30s %4d s\n' total $((SECONDS - T0)) >&2
 }
 
+# The failed scenario's report is printed again at the very end, where a CI log's tail shows it.
+FAILED_REPORT=""
+print_failed_checks() {
+  [ -f "$1" ] || return 0
+  printf '\n[cluster-smoke] failed checks and figures of %s:\n' "$1" >&2
+  python3 - "$1" >&2 <<'PY' || true
+import json, sys
+doc = json.load(open(sys.argv[1]))
+for s in doc.get("scenarios", []):
+    if s.get("passed"):
+        continue
+    print(f"  scenario {s.get('name')}: error {s.get('error')}")
+    for c in s.get("checks", []):
+        if not c.get("pass"):
+            print(f"  FAILED {c['check']}: expected {c['expected']}; measured {c['measured']}")
+    print("  figures: " + json.dumps(s.get("figures", {}))[:4000])
+PY
+}
+
 STACK_UP=0
 cleanup() {
   local rc=$?
@@ -97,6 +116,7 @@ cleanup() {
       done_step "down -v"
     fi
   fi
+  [ -z "$FAILED_REPORT" ] || print_failed_checks "$FAILED_REPORT"
   print_summary
   if [ "$rc" = 0 ]; then log "PASSED"; else log "FAILED (exit $rc)"; fi
   exit "$rc"
@@ -202,7 +222,7 @@ if [ "${SKIP_SCENARIOS:-0}" != 1 ]; then
     step "loadtest scenario $scenario --cluster ($loadtest)"
     timeout 600 "$loadtest" scenario "$scenario" "${targets[@]}" \
       --json "$TARGET_DIR/loadtest-cluster-$scenario.json" --out-dir "$TARGET_DIR/loadtest-cluster" \
-      || die "loadtest scenario $scenario failed"
+      || { FAILED_REPORT="$TARGET_DIR/loadtest-cluster-$scenario.json"; die "loadtest scenario $scenario failed"; }
     done_step "$scenario"
   done
 fi

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub limit_store_requests: IntCounterVec,
     /// `gateway_limit_store_duration_seconds`: one decision round trip, as waited for.
     pub limit_store_duration: Histogram,
+    /// `gateway_limit_store_batch_size`: decisions carried by one script call to the store
+    /// (the decisions that queued up while the previous call was on the wire).
+    pub limit_store_batch: Histogram,
     /// `gateway_limit_store_fallback{zone}`: 1 while a cluster zone decides locally.
     pub limit_store_fallback: IntGaugeVec,
     /// `gateway_cluster_gateways`: live gateways last seen in the store.
@@ -137,6 +140,17 @@ impl Metrics {
             )
             .unwrap_or_else(|e| panic!("histogram is malformed: {e}")),
         );
+        let limit_store_batch = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "gateway_limit_store_batch_size",
+                    "Decisions carried by one script call to the cluster limit store",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+            )
+            .unwrap_or_else(|e| panic!("histogram is malformed: {e}")),
+        );
         let limit_store_fallback = register(
             &registry,
             IntGaugeVec::new(
@@ -175,6 +189,7 @@ impl Metrics {
         Metrics {
             limit_store_requests,
             limit_store_duration,
+            limit_store_batch,
             limit_store_fallback,
             cluster_gateways,
             client_connections,

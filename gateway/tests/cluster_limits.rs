@@ -197,6 +197,48 @@ async fn store_down_or_frozen_falls_back_fast_and_recovers() {
     }
 }
 
+/// Many simultaneous requests for one key over two gateways: decisions that queue up while a
+/// call is on the wire go together in one script call, and the arithmetic stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simultaneous_decisions_are_batched_and_exact() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(common::free_port());
+    let up = TestUpstream::start("u").await;
+    // 1r/m: nothing leaks back during the test; burst 50 → exactly 51 of 150 pass.
+    let y = yaml(up.addr, &[redis.url()], "1r/m", 50);
+    let a = GatewayProcess::start(&y).await;
+    let b = GatewayProcess::start(&y).await;
+    let gws = [&a, &b];
+    for gw in gws {
+        assert_eq!(
+            gw.wait_metric("gateway_cluster_gateways", 2.0).await,
+            Some(2.0)
+        );
+    }
+    assert_eq!(burst(&gws, "many", 150).await, 51);
+    let (mut calls, mut decisions) = (0.0, 0.0);
+    for gw in gws {
+        assert_eq!(fallback(gw).await, Some(0.0), "{}", gw.logs());
+        calls += gw
+            .metric("gateway_limit_store_batch_size_count")
+            .await
+            .unwrap_or(0.0);
+        decisions += gw
+            .metric("gateway_limit_store_batch_size_sum")
+            .await
+            .unwrap_or(0.0);
+    }
+    assert_eq!(decisions, 150.0, "every decision went to the store");
+    // Each script call is one EVALSHA (plus, at most once per gateway, the retry after a NOSCRIPT
+    // miss if the first decision beat the heartbeat's SCRIPT LOAD).
+    let evalsha = redis.command_calls("evalsha") as f64;
+    assert!(
+        calls <= evalsha && evalsha <= calls + 2.0,
+        "{evalsha} EVALSHA for {calls} script calls"
+    );
+    println!("150 decisions in {calls} script calls ({evalsha} EVALSHA)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reload_moves_the_store_and_keeps_serving() {
     let _serial = SERIAL.lock().await;

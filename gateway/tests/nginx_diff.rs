@@ -780,8 +780,9 @@ async fn cluster_limit_req_on_one_redis_matches_real_nginx() {
     let _serial = SERIAL.lock().await;
     let redis = redis_support::RedisServer::start(common::free_port());
     three_gateways_match_nginx(vec![redis.url()], &[]).await;
-    // One round trip per request, whatever the route's number of zones: one EVALSHA each (plus
-    // at most one NOSCRIPT miss per gateway before the script is loaded; heartbeats use EVAL).
+    // At most one round trip per request, whatever the route's number of zones: one EVALSHA
+    // each, fewer when simultaneous requests went in one call (plus at most one NOSCRIPT miss per
+    // gateway before the script is loaded; heartbeats use EVAL).
     let calls = redis.command_calls("evalsha");
     let requests: u64 = SCENARIOS
         .iter()
@@ -789,7 +790,7 @@ async fn cluster_limit_req_on_one_redis_matches_real_nginx() {
         .sum();
     println!("{calls} EVALSHA for {requests} requests");
     assert!(
-        (requests..=requests + 3).contains(&calls),
+        (1..=requests + 3).contains(&calls),
         "{calls} EVALSHA for {requests} requests"
     );
 }

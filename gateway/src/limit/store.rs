@@ -1,8 +1,10 @@
 //! The shared store of `scope: cluster` zones (SPEC §10.1): standalone Redis or Redis Cluster.
 //!
-//! - One decision per request group is one `EVALSHA` of `decide.lua` (the NGINX arithmetic,
-//!   atomic, on the store's clock `TIME`), bounded by `timeout_ms` with `tokio::time::timeout`;
-//!   never a blocking call on a Pingora thread.
+//! - A request's decision (all its cluster limits of one hash tag) is decided by `decide.lua`
+//!   (the NGINX arithmetic, atomic, on the store's clock `TIME`), bounded by `timeout_ms` with
+//!   `tokio::time::timeout`; never a blocking call on a Pingora thread. Decisions that arrive
+//!   while a call is on the wire go together in the next `EVALSHA` ([`Lanes`]): at most one
+//!   round trip per request, far fewer under load.
 //! - Errors, timeouts and an open breaker (the `resilience` crate's) make the caller decide on the
 //!   zone's local fallback bucket; a half-open probe (a request, or the heartbeat) brings cluster
 //!   decisions back by themselves.
@@ -19,8 +21,9 @@
 //! - [`LimitStore::apply`] on every config load: a changed `limit_store` section connects anew
 //!   (the old connection's heartbeat stops); the state in Redis is untouched by reloads.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -29,6 +32,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisResult, Script, Value};
 use resilience::{BreakerConfig, BreakerState, CircuitBreaker};
+use tokio::sync::oneshot;
 
 use crate::config::model::LimitStoreSettings;
 use crate::metrics::Metrics;
@@ -97,6 +101,8 @@ struct Store {
     /// A task is making `request_conn`.
     request_connecting: AtomicBool,
     breaker: Arc<CircuitBreaker>,
+    /// Decisions waiting for their script call.
+    lanes: Lanes,
     /// The last call (decision or heartbeat) succeeded.
     healthy: AtomicBool,
     /// Set when this section is replaced: the heartbeat task ends.
@@ -185,6 +191,7 @@ impl LimitStore {
             request_conn: ArcSwapOption::empty(),
             request_connecting: AtomicBool::new(false),
             breaker: CircuitBreaker::new(breaker_config()),
+            lanes: Lanes::default(),
             healthy: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
@@ -228,8 +235,12 @@ impl LimitStore {
         }
     }
 
-    /// Runs the decision script on `keys` (one slot) with `args`, within `timeout_ms`.
-    /// Returns the script's reply as integers.
+    /// Decides one request in the store: `keys` (one slot) with `args` (three numbers per key,
+    /// see `decide.lua`), within `timeout_ms` counted from this call, queueing included.
+    /// Returns `[now, rejected, then per key: found, excess, last]`.
+    ///
+    /// The decision joins its lane's queue ([`Lanes`]); if no call of that lane is on the wire,
+    /// this request starts the task that sends the queue as one script call.
     pub async fn decide(&self, keys: &[Vec<u8>], args: &[u64]) -> Result<Vec<i64>, StoreError> {
         let Some(store) = self.current.load_full() else {
             return Err(StoreError::Unavailable);
@@ -237,46 +248,214 @@ impl LimitStore {
         let Some(conn) = Store::request_conn(&store) else {
             return Err(StoreError::Unavailable);
         };
-        let Ok(permit) = store.breaker.try_acquire() else {
+        // An open breaker answers at once; half-open, the lane's next call is the probe.
+        if store.breaker.state() == BreakerState::Open {
             return Err(StoreError::Unavailable);
-        };
-        let mut conn = Conn::clone(&conn);
-        let mut inv = DECIDE.prepare_invoke();
-        for k in keys {
-            inv.key(k.as_slice());
-        }
-        for a in args {
-            inv.arg(*a);
         }
         let started = Instant::now();
-        let result = tokio::time::timeout(store.settings.timeout, conn.invoke(&inv)).await;
+        let (tx, rx) = oneshot::channel();
+        let lane = lane_of(store.settings.is_cluster(), keys);
+        let pending = Pending {
+            keys: keys.to_vec(),
+            args: args.to_vec(),
+            reply: tx,
+        };
+        if store.lanes.push(&lane, pending) {
+            let send = send_lane(
+                Arc::clone(&store),
+                Conn::clone(&conn),
+                lane,
+                self.metrics.clone(),
+            );
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(send)),
+                // Not on a runtime: nothing else can be queued behind us meanwhile.
+                Err(_) => send.await,
+            }
+        }
+        let out = match tokio::time::timeout(store.settings.timeout, rx).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(_)) => Err(StoreError::Error("the decision was dropped".into())),
+            Err(_) => Err(StoreError::Timeout),
+        };
+        let label = match &out {
+            Ok(_) => "ok",
+            Err(StoreError::Timeout) => "timeout",
+            Err(StoreError::Error(_)) => "error",
+            // Not asked (the breaker opened while it waited): not a round trip.
+            Err(StoreError::Unavailable) => return out,
+        };
         self.metrics
             .limit_store_duration
             .observe(started.elapsed().as_secs_f64());
-        let (label, out) = match result {
-            Ok(Ok(v)) => match integers(&v) {
-                Some(ints) => ("ok", Ok(ints)),
-                None => (
-                    "error",
-                    Err(StoreError::Error(format!("unexpected reply {v:?}"))),
-                ),
-            },
-            Ok(Err(e)) => ("error", Err(StoreError::Error(e.to_string()))),
-            Err(_) => ("timeout", Err(StoreError::Timeout)),
-        };
         self.metrics
             .limit_store_requests
             .with_label_values(&[label])
             .inc();
-        if out.is_ok() {
-            permit.success();
-            store.healthy.store(true, Ordering::Relaxed);
-        } else {
-            permit.failure();
-            store.healthy.store(false, Ordering::Relaxed);
-        }
         out
     }
+}
+
+/// The most decisions one script call carries. Each costs Redis a few µs, so a full batch keeps
+/// the script well under a millisecond and never blocks Redis for long.
+const MAX_BATCH: usize = 128;
+
+/// What a decision's caller waits for.
+type Answer = Result<Vec<i64>, StoreError>;
+
+/// One queued decision.
+struct Pending {
+    keys: Vec<Vec<u8>>,
+    args: Vec<u64>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// One lane: decisions waiting, and whether a call of this lane is on the wire.
+#[derive(Default)]
+struct Lane {
+    queue: Vec<Pending>,
+    busy: bool,
+}
+
+/// Decisions waiting to be sent, by lane. A lane is what one script call may cover: everything
+/// on a standalone Redis, one hash tag (the limit key, so one slot) on Redis Cluster.
+///
+/// Why batching: a decision is a few `GET`/`SET`s, but a script call costs Redis far more than
+/// that (call set-up, `TIME`, argument parsing) and costs the gateway a command to encode, two
+/// syscalls and a wake-up. With one call per lane on the wire at a time, the decisions that
+/// arrive meanwhile go together in the next call: an idle gateway sends each decision at once,
+/// a busy one sends as many per call as arrived during one round trip. No timer, no added wait
+/// beyond the call already on the wire.
+#[derive(Default)]
+struct Lanes {
+    lanes: Mutex<HashMap<Vec<u8>, Lane>>,
+}
+
+impl Lanes {
+    /// Queues `p` on `lane`. Returns true when no call of the lane is on the wire: the caller
+    /// must start [`send_lane`].
+    fn push(&self, lane: &[u8], p: Pending) -> bool {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let l = match lanes.get_mut(lane) {
+            Some(l) => l,
+            None => lanes.entry(lane.to_vec()).or_default(),
+        };
+        l.queue.push(p);
+        !std::mem::replace(&mut l.busy, true)
+    }
+
+    /// The next batch of `lane` (its callers still waiting), at most [`MAX_BATCH`]; empty when
+    /// the queue is, and then the lane is idle again (removed).
+    fn take(&self, lane: &[u8]) -> Vec<Pending> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(l) = lanes.get_mut(lane) else {
+            return Vec::new();
+        };
+        // Callers that gave up (timed out) are not decided: they were decided on the fallback.
+        l.queue.retain(|p| !p.reply.is_closed());
+        if l.queue.is_empty() {
+            lanes.remove(lane);
+            return Vec::new();
+        }
+        let n = l.queue.len().min(MAX_BATCH);
+        l.queue.drain(..n).collect()
+    }
+}
+
+/// The lane of a decision on `keys`: the hash tag of its first key on Redis Cluster (all its keys
+/// share it), one lane for everything on a standalone Redis.
+fn lane_of(cluster: bool, keys: &[Vec<u8>]) -> Vec<u8> {
+    if !cluster {
+        return Vec::new();
+    }
+    let Some(key) = keys.first() else {
+        return Vec::new();
+    };
+    let tag = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter().position(|&b| b == b'}').map(|len| &rest[..len])
+        })
+        .filter(|t| !t.is_empty());
+    tag.unwrap_or(key).to_vec()
+}
+
+/// Sends `lane`'s queue, one batch per script call, until it is empty. The breaker and the
+/// store's health see each call once, whatever its size: one slow round trip is one failure,
+/// not one per decision it carried.
+async fn send_lane(store: Arc<Store>, mut conn: Conn, lane: Vec<u8>, metrics: Metrics) {
+    loop {
+        let batch = store.lanes.take(&lane);
+        if batch.is_empty() {
+            return;
+        }
+        let Ok(permit) = store.breaker.try_acquire() else {
+            answer(batch, Err(StoreError::Unavailable));
+            continue;
+        };
+        metrics.limit_store_batch.observe(batch.len() as f64);
+        let mut inv = DECIDE.prepare_invoke();
+        inv.arg(batch.len());
+        for p in &batch {
+            inv.arg(p.keys.len());
+            for k in &p.keys {
+                inv.key(k.as_slice());
+            }
+            for a in &p.args {
+                inv.arg(*a);
+            }
+        }
+        let result = tokio::time::timeout(store.settings.timeout, conn.invoke(&inv)).await;
+        let answers = match result {
+            Ok(Ok(v)) => split_reply(&v, &batch)
+                .ok_or_else(|| StoreError::Error(format!("unexpected reply {v:?}"))),
+            Ok(Err(e)) => Err(StoreError::Error(e.to_string())),
+            Err(_) => Err(StoreError::Timeout),
+        };
+        store.healthy.store(answers.is_ok(), Ordering::Relaxed);
+        match answers {
+            Ok(answers) => {
+                permit.success();
+                for (p, a) in batch.into_iter().zip(answers) {
+                    let _ = p.reply.send(Ok(a));
+                }
+            }
+            Err(e) => {
+                permit.failure();
+                answer(batch, Err(e));
+            }
+        }
+    }
+}
+
+/// Gives every decision of `batch` the same answer.
+fn answer(batch: Vec<Pending>, a: Answer) {
+    for p in batch {
+        let _ = p.reply.send(a.clone());
+    }
+}
+
+/// Cuts the script's reply for `batch` into one `[now, rejected, found, excess, last, …]` per
+/// decision; `None` if its shape is not what `decide.lua` returns for that batch.
+fn split_reply(v: &Value, batch: &[Pending]) -> Option<Vec<Vec<i64>>> {
+    let ints = integers(v)?;
+    let (&now, mut rest) = ints.split_first()?;
+    let mut answers = Vec::with_capacity(batch.len());
+    for p in batch {
+        let len = 1 + 3 * p.keys.len();
+        if rest.len() < len {
+            return None;
+        }
+        let (mine, tail) = rest.split_at(len);
+        let mut a = Vec::with_capacity(1 + len);
+        a.push(now);
+        a.extend_from_slice(mine);
+        answers.push(a);
+        rest = tail;
+    }
+    rest.is_empty().then_some(answers)
 }
 
 impl Store {
@@ -438,5 +617,91 @@ async fn connect(settings: &LimitStoreSettings) -> RedisResult<Conn> {
         Ok(Conn::Single(ConnectionManager::new_lazy_with_config(
             client, config,
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(keys: usize) -> (Pending, oneshot::Receiver<Answer>) {
+        let (tx, rx) = oneshot::channel();
+        let p = Pending {
+            keys: vec![b"k".to_vec(); keys],
+            args: vec![1000, 0, 0],
+            reply: tx,
+        };
+        (p, rx)
+    }
+
+    #[test]
+    fn the_first_decision_of_an_idle_lane_sends_the_rest_wait() {
+        let lanes = Lanes::default();
+        let (a, _ra) = pending(1);
+        let (b, _rb) = pending(1);
+        let (c, _rc) = pending(1);
+        assert!(lanes.push(b"", a), "idle lane: this caller sends");
+        assert!(!lanes.push(b"", b), "a call is on the wire: queued");
+        assert!(lanes.push(b"other", c), "another lane is independent");
+        assert_eq!(lanes.take(b"").len(), 2, "one batch carries both");
+        assert!(lanes.take(b"").is_empty(), "drained: the lane is idle");
+        let (d, _rd) = pending(1);
+        assert!(lanes.push(b"", d), "idle again: the next caller sends");
+    }
+
+    #[test]
+    fn callers_that_gave_up_are_not_sent() {
+        let lanes = Lanes::default();
+        let (a, ra) = pending(1);
+        let (b, _rb) = pending(1);
+        lanes.push(b"", a);
+        lanes.push(b"", b);
+        drop(ra);
+        assert_eq!(lanes.take(b"").len(), 1);
+    }
+
+    #[test]
+    fn a_batch_is_at_most_max_batch() {
+        let lanes = Lanes::default();
+        let mut rxs = Vec::new();
+        for _ in 0..MAX_BATCH + 3 {
+            let (p, rx) = pending(1);
+            lanes.push(b"", p);
+            rxs.push(rx);
+        }
+        assert_eq!(lanes.take(b"").len(), MAX_BATCH);
+        assert_eq!(lanes.take(b"").len(), 3);
+        assert!(lanes.take(b"").is_empty());
+    }
+
+    #[test]
+    fn lanes_are_hash_tags_on_a_cluster_and_one_lane_standalone() {
+        let keys = vec![b"gwlr:{ip:10.0.0.1}:z".to_vec(), b"x".to_vec()];
+        assert_eq!(lane_of(true, &keys), b"ip:10.0.0.1".to_vec());
+        assert_eq!(lane_of(false, &keys), Vec::<u8>::new());
+        // No tag, or an empty one: the whole key decides the slot.
+        assert_eq!(lane_of(true, &[b"a{}b".to_vec()]), b"a{}b".to_vec());
+        assert_eq!(lane_of(true, &[b"plain".to_vec()]), b"plain".to_vec());
+    }
+
+    #[test]
+    fn replies_are_cut_per_decision() {
+        let (a, _ra) = pending(1);
+        let (b, _rb) = pending(2);
+        let batch = vec![a, b];
+        let ints = |v: &[i64]| Value::Array(v.iter().map(|n| Value::Int(*n)).collect());
+        // now, then a: rejected + 1 limit, then b: rejected + 2 limits.
+        let reply = ints(&[77, 0, 1, 5, 70, 1, 0, 0, 77, 1, 9, 60]);
+        assert_eq!(
+            split_reply(&reply, &batch),
+            Some(vec![vec![77, 0, 1, 5, 70], vec![77, 1, 0, 0, 77, 1, 9, 60]])
+        );
+        // Too short, too long, or not integers: no answer is made up.
+        assert_eq!(split_reply(&ints(&[77, 0, 1, 5, 70, 1]), &batch), None);
+        assert_eq!(
+            split_reply(&ints(&[77, 0, 1, 5, 70, 1, 0, 0, 77, 1, 9, 60, 3]), &batch),
+            None
+        );
+        assert_eq!(split_reply(&Value::Okay, &batch), None);
     }
 }

@@ -9,7 +9,10 @@
 //! `burst + 1 + floor(rate × span)` over the span between the first and the last decision, so
 //! that jitter can move one refill tick (every 500 ms at 2r/s) in or out of the window, never more.
 //! A store failure is another matter: a gateway then decides alone at rate/N, so store errors and
-//! timeouts are counted and checked separately.
+//! timeouts are counted and checked separately. A flood that met one is measured once more after
+//! the zones drained (a single stall of `timeout_ms` on a machine whose cores the whole stack
+//! shares does it); the checks judge the last attempt, the report keeps the earlier one with the
+//! store's round-trip times.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +29,8 @@ use crate::stats::rate_series;
 
 /// Accepted-count tolerance (see the module documentation).
 const TOLERANCE: u64 = 1;
+/// Floods at most this often when store round trips failed (see [`run`]).
+const ATTEMPTS: u32 = 2;
 /// How long the gateways may take to connect to the store and see each other.
 const PREFLIGHT_BOUND: Duration = Duration::from_secs(15);
 
@@ -113,6 +118,49 @@ fn delta(
             metric_sum(a, name, labels).unwrap_or(0.0) - metric_sum(b, name, labels).unwrap_or(0.0);
     }
     Some(sum)
+}
+
+/// Store round trips that failed or timed out, summed over the gateways (`None`: a gateway's
+/// metrics could not be read).
+fn store_failures(before: &[Option<String>], after: &[Option<String>]) -> Option<f64> {
+    ["error", "timeout"]
+        .iter()
+        .map(|res| {
+            delta(
+                before,
+                after,
+                "gateway_limit_store_requests_total",
+                &[("result", res)],
+            )
+        })
+        .try_fold(0.0, |acc, d| d.map(|d| acc + d))
+}
+
+/// A histogram's increase summed over the gateways, as `(le, count)` per bucket.
+fn histogram_delta(
+    before: &[Option<String>],
+    after: &[Option<String>],
+    name: &str,
+) -> Vec<(String, f64)> {
+    let bucket = format!("{name}_bucket");
+    let mut les: Vec<String> = after
+        .iter()
+        .flatten()
+        .flat_map(|text| text.lines())
+        .filter_map(|l| l.strip_prefix(bucket.as_str()))
+        .filter_map(|rest| rest.split("le=\"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect();
+    let bound = |le: &String| le.parse::<f64>().unwrap_or(f64::INFINITY);
+    les.sort_by(|a, b| bound(a).total_cmp(&bound(b)));
+    les.dedup();
+    les.into_iter()
+        .filter_map(|le| {
+            let d = delta(before, after, &bucket, &[("le", le.as_str())])?;
+            Some((le, d))
+        })
+        .collect()
 }
 
 /// What the gateways would accept if each decided alone on its share of the trace (the
@@ -205,23 +253,59 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
         .await?;
         warm_sold += u64::from(rep.is_success());
     }
-    let mut before = Vec::new();
-    for a in &admins {
-        before.push(stack.gateway_metrics_at(a).await.ok());
-    }
     let src = Arc::new(pool.get(0).clone());
     let urls: Arc<Vec<String>> = Arc::new(gateways.iter().map(|g| format!("{g}{PATH}")).collect());
-    let samples = load::paced(rate, duration, 16, |i| {
-        let src = src.clone();
-        let url = urls[i as usize % n].clone();
-        let body = ga_request(&event, &format!("cflood-{i}@loadtest.local"), 1);
-        async move { post_from(&src, &url, &body, Duration::from_secs(20)).await }
-    })
-    .await;
-    let mut after = Vec::new();
-    for a in &admins {
-        after.push(stack.gateway_metrics_at(a).await.ok());
-    }
+    let mut attempt = 1;
+    // Seats sold by attempts that were measured again.
+    let mut earlier_sold = 0u64;
+    let (samples, before, after) = loop {
+        let mut before = Vec::new();
+        for a in &admins {
+            before.push(stack.gateway_metrics_at(a).await.ok());
+        }
+        let samples = load::paced(rate, duration, 16, |i| {
+            let src = src.clone();
+            let url = urls[i as usize % n].clone();
+            let body = ga_request(&event, &format!("cflood-{i}@loadtest.local"), 1);
+            async move { post_from(&src, &url, &body, Duration::from_secs(20)).await }
+        })
+        .await;
+        let mut after = Vec::new();
+        for a in &admins {
+            after.push(stack.gateway_metrics_at(a).await.ok());
+        }
+        // A store round trip that failed or came late sends that decision, and while the breaker
+        // is open every decision of its gateway, to the local fallback: the trace then no longer
+        // measures the shared arithmetic. On a machine whose cores are shared with the whole
+        // stack one stall of `timeout_ms` does that; measure once more (the report keeps both).
+        let failures = store_failures(&before, &after);
+        if attempt >= ATTEMPTS || failures.is_none_or(|f| f < 0.5) {
+            break (samples, before, after);
+        }
+        let counts = load::counts(&samples);
+        earlier_sold += counts.range(200, 299);
+        r.figure(
+            &format!("attempt{attempt}"),
+            serde_json::json!({
+                "storeFailures": failures,
+                "accepted": counts.range(200, 299),
+                "sent": samples.len(),
+                "storeDurations": histogram_delta(&before, &after, "gateway_limit_store_duration_seconds"),
+            }),
+        );
+        let drain = flood::drain_time(&limits);
+        eprintln!(
+            "[loadtest] cluster-flood: {failures:?} store round trips failed during attempt {attempt}; draining {:.1} s and measuring again",
+            drain.as_secs_f64()
+        );
+        tokio::time::sleep(drain).await;
+        attempt += 1;
+    };
+    r.figure("attempts", attempt);
+    r.figure(
+        "storeDurations",
+        histogram_delta(&before, &after, "gateway_limit_store_duration_seconds"),
+    );
 
     let counts = load::counts(&samples);
     let sent = samples.len() as u64;
@@ -307,17 +391,7 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
         },
         rejected + accepted == sent && bad.is_empty() && retry_after_ok == rejected,
     );
-    let store_failures = ["error", "timeout"]
-        .iter()
-        .map(|res| {
-            delta(
-                &before,
-                &after,
-                "gateway_limit_store_requests_total",
-                &[("result", res)],
-            )
-        })
-        .try_fold(0.0, |acc, d| d.map(|d| acc + d));
+    let store_failures = store_failures(&before, &after);
     for res in ["ok", "error", "timeout"] {
         let d = delta(
             &before,
@@ -343,10 +417,10 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
     let ev = stack.settled_event(&event, Duration::from_secs(10)).await?;
     r.figure("eventAfter", &ev);
     r.check(
-        "seats sold == 201s (flood and warm-up)",
-        format!("sold {}, held 0", accepted + warm_sold),
+        "seats sold == 201s (flood, warm-up, attempts measured again)",
+        format!("sold {}, held 0", accepted + warm_sold + earlier_sold),
         ev.render(),
-        ev.sold == accepted + warm_sold && ev.held == 0 && ev.balanced(),
+        ev.sold == accepted + warm_sold + earlier_sold && ev.held == 0 && ev.balanced(),
     );
     check_audit(ctx, r).await;
     chart(ctx, r, &samples, duration.max(span), accepted, rejected)?;
