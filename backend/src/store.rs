@@ -28,7 +28,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
@@ -41,7 +41,6 @@ use redis::{
     RedisResult, Value,
 };
 use resilience::{BreakerConfig, BreakerState, CircuitBreaker};
-use tokio::sync::OnceCell;
 
 use crate::chaos::Chaos;
 use crate::slots::{self, GROUPS};
@@ -272,8 +271,11 @@ enum Target {
     },
     Cluster {
         client: Box<ClusterClient>,
-        /// Made on first use (connecting needs the network; [`Store::connect`] must not).
-        conn: OnceCell<ClusterConnection>,
+        /// Made on first use (connecting needs the network; [`Store::connect`] must not), and
+        /// made anew by [`monitor`] when a slot group stays unreachable ([`REMAKE_AFTER`]).
+        conn: parking_lot::RwLock<Option<ClusterConnection>>,
+        /// Held while the connection is being made.
+        connecting: tokio::sync::Mutex<()>,
         seeds: Vec<String>,
     },
 }
@@ -521,10 +523,59 @@ impl Store {
     async fn conn(&self) -> RedisResult<Conn> {
         match &self.inner.target {
             Target::Single { manager, .. } => Ok(Conn::Single(manager.clone())),
-            Target::Cluster { client, conn, .. } => conn
-                .get_or_try_init(|| client.get_async_connection())
-                .await
-                .map(|c| Conn::Cluster(c.clone())),
+            Target::Cluster {
+                client,
+                conn,
+                connecting,
+                ..
+            } => {
+                if let Some(c) = conn.read().clone() {
+                    return Ok(Conn::Cluster(c));
+                }
+                let _making = connecting.lock().await;
+                if let Some(c) = conn.read().clone() {
+                    return Ok(Conn::Cluster(c));
+                }
+                let c = client.get_async_connection().await?;
+                *conn.write() = Some(c.clone());
+                Ok(Conn::Cluster(c))
+            }
+        }
+    }
+
+    /// Cluster mode: makes the shared connection anew from the seed nodes, so that it learns
+    /// the topology afresh (bounded by twice the connect timeout). Calls in flight finish on the
+    /// old one.
+    ///
+    /// Why: redis-rs refreshes its slot map on `MOVED` and on some connection errors, but a
+    /// command for a node it is still reconnecting to (a killed master, whose replica has been
+    /// promoted since) only fails, with no refresh. A process that sent nothing to the shard
+    /// while it failed over (payments, whose charges stop while holds fail) then kept failing
+    /// there for 15–20 s after the promotion in the compose failover drill.
+    async fn remake_connection(&self) -> bool {
+        let Target::Cluster {
+            client,
+            conn,
+            connecting,
+            ..
+        } = &self.inner.target
+        else {
+            return false;
+        };
+        let Ok(_making) = connecting.try_lock() else {
+            return false;
+        };
+        match tokio::time::timeout(self.connect_timeout() * 2, client.get_async_connection()).await
+        {
+            Ok(Ok(c)) => {
+                *conn.write() = Some(c);
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "making the cluster connection anew failed");
+                false
+            }
+            Err(_) => false,
         }
     }
 
@@ -624,7 +675,8 @@ fn cluster_target(urls: &str, cfg: &StoreConfig) -> Result<Target, StoreError> {
     let client = cluster_client(&seeds, cfg, Some(cfg.timeout().max(Duration::from_secs(1))))?;
     Ok(Target::Cluster {
         client: Box::new(client),
-        conn: OnceCell::new(),
+        conn: parking_lot::RwLock::new(None),
+        connecting: tokio::sync::Mutex::new(()),
         seeds,
     })
 }
@@ -664,14 +716,21 @@ fn now_ms() -> u64 {
 
 /// How often [`monitor`] looks at breakers that are not closed.
 const MONITOR_EVERY: Duration = Duration::from_millis(250);
+/// Cluster mode: a slot group whose probes have failed this long makes [`monitor`] make the
+/// shared connection anew (at most this often), see [`Store::remake_connection`].
+const REMAKE_AFTER: Duration = Duration::from_secs(1);
 
 /// Background recovery, independent of traffic: for each breaker that is not closed, probe its
 /// part of Redis outside the breaker (standalone: `PING`, which also makes the connection
 /// manager reconnect; cluster: a read of a key in the breaker's slot group, so it reaches the
 /// node now owning those slots), and once the open period is over use the half-open probe
-/// permit for it, so the breaker closes within [`MONITOR_EVERY`] of Redis answering again. Ends
-/// when the last [`Store`] clone is dropped.
+/// permit for it, so the breaker closes within [`MONITOR_EVERY`] of Redis answering again. On a
+/// cluster, a group whose probes keep failing for [`REMAKE_AFTER`] gets the connection made anew
+/// (a replica may have been promoted that the old connection does not know of). Ends when the
+/// last [`Store`] clone is dropped.
 async fn monitor(store: std::sync::Weak<Inner>) {
+    let mut failing_since: Vec<Option<Instant>> = Vec::new();
+    let mut remade_at: Option<Instant> = None;
     loop {
         tokio::time::sleep(MONITOR_EVERY).await;
         let Some(inner) = store.upgrade() else { return };
@@ -679,9 +738,11 @@ async fn monitor(store: std::sync::Weak<Inner>) {
             continue;
         }
         let store = Store { inner };
+        failing_since.resize(store.inner.breakers.len(), None);
         for (i, breaker) in store.inner.breakers.iter().enumerate() {
             let state = breaker.state();
             if state == BreakerState::Closed {
+                failing_since[i] = None;
                 continue;
             }
             let permit = if state == BreakerState::HalfOpen {
@@ -694,6 +755,11 @@ async fn monitor(store: std::sync::Weak<Inner>) {
                 tokio::time::timeout(store.timeout(), store.unguarded::<Value>(&probe)).await,
                 Ok(Ok(_))
             );
+            failing_since[i] = if ok {
+                None
+            } else {
+                failing_since[i].or(Some(Instant::now()))
+            };
             match (permit, ok) {
                 (Some(p), true) => {
                     p.success();
@@ -701,6 +767,19 @@ async fn monitor(store: std::sync::Weak<Inner>) {
                 }
                 (Some(p), false) => p.failure(),
                 (None, _) => {}
+            }
+        }
+        let stuck = failing_since
+            .iter()
+            .flatten()
+            .any(|t| t.elapsed() >= REMAKE_AFTER);
+        if stuck
+            && store.mode() == RedisMode::Cluster
+            && remade_at.is_none_or(|t| t.elapsed() >= REMAKE_AFTER)
+        {
+            remade_at = Some(Instant::now());
+            if store.remake_connection().await {
+                tracing::info!("a slot group stays unreachable: cluster connection made anew from the seed nodes");
             }
         }
     }
