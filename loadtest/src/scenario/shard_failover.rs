@@ -556,7 +556,7 @@ async fn analyse(
         bad_count == 0 && success > 0,
     );
     let open = open_latency.summary();
-    r.figure("latency503BreakerOpen", &open);
+    r.figure("latency503BreakerOpen", open);
     r.check(
         "503s while the shard is away come fast once its breaker is open",
         format!(
