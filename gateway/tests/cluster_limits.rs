@@ -109,22 +109,32 @@ async fn burst(gws: &[&GatewayProcess], key: &str, n: usize) -> usize {
     passed
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn store_down_or_frozen_falls_back_fast_and_recovers() {
-    let _serial = SERIAL.lock().await;
+/// A Redis, an upstream and two gateways whose zone `z` (`rate`, `burst`) is shared in that
+/// Redis, each having seen the other's heartbeat.
+async fn two_gateways_one_redis(
+    rate: &str,
+    burst: u64,
+) -> (RedisServer, TestUpstream, GatewayProcess, GatewayProcess) {
     let redis = RedisServer::start(common::free_port());
     let up = TestUpstream::start("u").await;
-    // 2r/s, burst 3, shared by two gateways.
-    let y = yaml(up.addr, &[redis.url()], "2r/s", 3);
+    let y = yaml(up.addr, &[redis.url()], rate, burst);
     let a = GatewayProcess::start(&y).await;
     let b = GatewayProcess::start(&y).await;
-    let gws = [&a, &b];
-    for gw in gws {
+    for gw in [&a, &b] {
         assert_eq!(
             gw.wait_metric("gateway_cluster_gateways", 2.0).await,
             Some(2.0)
         );
     }
+    (redis, up, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_down_or_frozen_falls_back_fast_and_recovers() {
+    let _serial = SERIAL.lock().await;
+    // 2r/s, burst 3, shared by two gateways.
+    let (redis, _up, a, b) = two_gateways_one_redis("2r/s", 3).await;
+    let gws = [&a, &b];
     // Cluster decisions: 8 at once over both gateways → burst + 1 = 4 pass in all.
     assert_eq!(burst(&gws, "k1", 8).await, 4);
     assert!(wait_fallback(&a, 0.0, Duration::from_secs(5)).await);
@@ -202,19 +212,9 @@ async fn store_down_or_frozen_falls_back_fast_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn simultaneous_decisions_are_batched_and_exact() {
     let _serial = SERIAL.lock().await;
-    let redis = RedisServer::start(common::free_port());
-    let up = TestUpstream::start("u").await;
     // 1r/m: nothing leaks back during the test; burst 50 → exactly 51 of 150 pass.
-    let y = yaml(up.addr, &[redis.url()], "1r/m", 50);
-    let a = GatewayProcess::start(&y).await;
-    let b = GatewayProcess::start(&y).await;
+    let (redis, _up, a, b) = two_gateways_one_redis("1r/m", 50).await;
     let gws = [&a, &b];
-    for gw in gws {
-        assert_eq!(
-            gw.wait_metric("gateway_cluster_gateways", 2.0).await,
-            Some(2.0)
-        );
-    }
     assert_eq!(burst(&gws, "many", 150).await, 51);
     let (mut calls, mut decisions) = (0.0, 0.0);
     for gw in gws {
