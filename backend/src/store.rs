@@ -536,9 +536,9 @@ impl Store {
                 if let Some(c) = conn.read().clone() {
                     return Ok(Conn::Cluster(c));
                 }
-                let c = client.get_async_connection().await?;
-                *conn.write() = Some(c.clone());
-                Ok(Conn::Cluster(c))
+                make_cluster_connection(client, conn)
+                    .await
+                    .map(Conn::Cluster)
             }
         }
     }
@@ -565,12 +565,9 @@ impl Store {
         let Ok(_making) = connecting.try_lock() else {
             return false;
         };
-        match tokio::time::timeout(self.connect_timeout() * 2, client.get_async_connection()).await
-        {
-            Ok(Ok(c)) => {
-                *conn.write() = Some(c);
-                true
-            }
+        let making = make_cluster_connection(client, conn);
+        match tokio::time::timeout(self.connect_timeout() * 2, making).await {
+            Ok(Ok(_)) => true,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "making the cluster connection anew failed");
                 false
@@ -668,6 +665,17 @@ fn single_target(url: &str, cfg: &StoreConfig) -> Result<Target, StoreError> {
         .set_response_timeout(Some(cfg.timeout().max(Duration::from_secs(1))));
     let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)?;
     Ok(Target::Single { client, manager })
+}
+
+/// Makes a cluster connection (learning the topology from the seed nodes) and makes it the
+/// shared one. The caller holds the `connecting` lock.
+async fn make_cluster_connection(
+    client: &ClusterClient,
+    conn: &parking_lot::RwLock<Option<ClusterConnection>>,
+) -> RedisResult<ClusterConnection> {
+    let c = client.get_async_connection().await?;
+    *conn.write() = Some(c.clone());
+    Ok(c)
 }
 
 fn cluster_target(urls: &str, cfg: &StoreConfig) -> Result<Target, StoreError> {

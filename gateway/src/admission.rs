@@ -212,7 +212,7 @@ async fn decide_in_store<'a>(
         .collect();
     let args: Vec<[u64; 3]> = group.iter().map(req::store_args).collect();
     let flat: Vec<u64> = args.iter().flatten().copied().collect();
-    let reply = store.decide(&keys, &flat).await.ok()?;
+    let reply = store.decide(keys, flat).await.ok()?;
     if reply.len() != 2 + 3 * group.len() {
         tracing::warn!(len = reply.len(), "limit store: unexpected reply length");
         return None;

@@ -216,18 +216,11 @@ async fn simultaneous_decisions_are_batched_and_exact() {
     let (redis, _up, a, b) = two_gateways_one_redis("1r/m", 50).await;
     let gws = [&a, &b];
     assert_eq!(burst(&gws, "many", 150).await, 51);
-    let (mut calls, mut decisions) = (0.0, 0.0);
     for gw in gws {
         assert_eq!(fallback(gw).await, Some(0.0), "{}", gw.logs());
-        calls += gw
-            .metric("gateway_limit_store_batch_size_count")
-            .await
-            .unwrap_or(0.0);
-        decisions += gw
-            .metric("gateway_limit_store_batch_size_sum")
-            .await
-            .unwrap_or(0.0);
     }
+    let calls = summed(&gws, "gateway_limit_store_batch_size_count").await;
+    let decisions = summed(&gws, "gateway_limit_store_batch_size_sum").await;
     assert_eq!(decisions, 150.0, "every decision went to the store");
     // Each script call is one EVALSHA (plus, at most once per gateway, the retry after a NOSCRIPT
     // miss if the first decision beat the heartbeat's SCRIPT LOAD).
@@ -354,12 +347,14 @@ async fn futures_fallbacks(gws: &[&GatewayProcess]) -> Vec<Option<f64>> {
 }
 
 async fn ok_calls(gws: &[&GatewayProcess]) -> f64 {
+    summed(gws, "gateway_limit_store_requests_total{result=\"ok\"}").await
+}
+
+/// A metric summed over `gws` (0 where absent).
+async fn summed(gws: &[&GatewayProcess], name: &str) -> f64 {
     let mut sum = 0.0;
     for gw in gws {
-        sum += gw
-            .metric("gateway_limit_store_requests_total{result=\"ok\"}")
-            .await
-            .unwrap_or(0.0);
+        sum += gw.metric(name).await.unwrap_or(0.0);
     }
     sum
 }

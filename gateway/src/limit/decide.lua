@@ -4,8 +4,8 @@
 -- One call decides a batch of requests, in order, as if they had arrived one after the other
 -- within the same store-clock millisecond: the gateway sends the decisions that queued up while
 -- its previous call was on the wire (limit/store.rs), so a busy gateway pays one script call,
--- one TIME and one round trip for many requests. On Redis Cluster every key of a batch carries
--- the same hash tag (the limit key), so one slot.
+-- one TIME and one round trip for many requests. On Redis Cluster every key of a batch is in one
+-- slot (a request's keys share its limit key as hash tag; a batch is one slot's requests).
 --
 -- KEYS     the state of each limit of each decision, in order: the string "<excess> <last>"
 --          (milli-requests, store-clock ms), absent for a new key.

@@ -30,6 +30,7 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 use redis::{RedisResult, Script, Value};
 use resilience::{BreakerConfig, BreakerState, CircuitBreaker};
 use tokio::sync::oneshot;
@@ -236,12 +237,13 @@ impl LimitStore {
     }
 
     /// Decides one request in the store: `keys` (one slot) with `args` (three numbers per key,
-    /// see `decide.lua`), within `timeout_ms` counted from this call, queueing included.
+    /// see `decide.lua`), within `timeout_ms` counted from this call, queueing included. Both
+    /// are taken as they are into the queue (no copy on the request path).
     /// Returns `[now, rejected, then per key: found, excess, last]`.
     ///
     /// The decision joins its lane's queue ([`Lanes`]); if no call of that lane is on the wire,
     /// this request starts the task that sends the queue as one script call.
-    pub async fn decide(&self, keys: &[Vec<u8>], args: &[u64]) -> Result<Vec<i64>, StoreError> {
+    pub async fn decide(&self, keys: Vec<Vec<u8>>, args: Vec<u64>) -> Result<Vec<i64>, StoreError> {
         let Some(store) = self.current.load_full() else {
             return Err(StoreError::Unavailable);
         };
@@ -254,13 +256,13 @@ impl LimitStore {
         }
         let started = Instant::now();
         let (tx, rx) = oneshot::channel();
-        let lane = lane_of(store.settings.is_cluster(), keys);
+        let lane = lane_of(store.settings.is_cluster(), &keys);
         let pending = Pending {
-            keys: keys.to_vec(),
-            args: args.to_vec(),
+            keys,
+            args,
             reply: tx,
         };
-        if store.lanes.push(&lane, pending) {
+        if store.lanes.push(lane, pending) {
             let send = send_lane(
                 Arc::clone(&store),
                 Conn::clone(&conn),
@@ -317,8 +319,11 @@ struct Lane {
     busy: bool,
 }
 
-/// Decisions waiting to be sent, by lane. A lane is what one script call may cover: everything
-/// on a standalone Redis, one hash tag (the limit key, so one slot) on Redis Cluster.
+/// Which decisions one script call may cover: all of them on a standalone Redis (`None`), those
+/// of one slot on Redis Cluster.
+type LaneId = Option<Slot>;
+
+/// Decisions waiting to be sent, by lane ([`LaneId`]).
 ///
 /// Why batching: a decision is a few `GET`/`SET`s, but a script call costs Redis far more than
 /// that (call set-up, `TIME`, argument parsing) and costs the gateway a command to encode, two
@@ -328,33 +333,30 @@ struct Lane {
 /// beyond the call already on the wire.
 #[derive(Default)]
 struct Lanes {
-    lanes: Mutex<HashMap<Vec<u8>, Lane>>,
+    lanes: Mutex<HashMap<LaneId, Lane>>,
 }
 
 impl Lanes {
     /// Queues `p` on `lane`. Returns true when no call of the lane is on the wire: the caller
     /// must start [`send_lane`].
-    fn push(&self, lane: &[u8], p: Pending) -> bool {
+    fn push(&self, lane: LaneId, p: Pending) -> bool {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        let l = match lanes.get_mut(lane) {
-            Some(l) => l,
-            None => lanes.entry(lane.to_vec()).or_default(),
-        };
+        let l = lanes.entry(lane).or_default();
         l.queue.push(p);
         !std::mem::replace(&mut l.busy, true)
     }
 
     /// The next batch of `lane` (its callers still waiting), at most [`MAX_BATCH`]; empty when
     /// the queue is, and then the lane is idle again (removed).
-    fn take(&self, lane: &[u8]) -> Vec<Pending> {
+    fn take(&self, lane: LaneId) -> Vec<Pending> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(l) = lanes.get_mut(lane) else {
+        let Some(l) = lanes.get_mut(&lane) else {
             return Vec::new();
         };
         // Callers that gave up (timed out) are not decided: they were decided on the fallback.
         l.queue.retain(|p| !p.reply.is_closed());
         if l.queue.is_empty() {
-            lanes.remove(lane);
+            lanes.remove(&lane);
             return Vec::new();
         }
         let n = l.queue.len().min(MAX_BATCH);
@@ -362,32 +364,18 @@ impl Lanes {
     }
 }
 
-/// The lane of a decision on `keys`: the hash tag of its first key on Redis Cluster (all its keys
-/// share it), one lane for everything on a standalone Redis.
-fn lane_of(cluster: bool, keys: &[Vec<u8>]) -> Vec<u8> {
-    if !cluster {
-        return Vec::new();
-    }
-    let Some(key) = keys.first() else {
-        return Vec::new();
-    };
-    let tag = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            rest.iter().position(|&b| b == b'}').map(|len| &rest[..len])
-        })
-        .filter(|t| !t.is_empty());
-    tag.unwrap_or(key).to_vec()
+/// The lane of a decision on `keys`: on Redis Cluster the slot of its first key (all its keys
+/// share the limit key as hash tag), one lane for everything on a standalone Redis.
+fn lane_of(cluster: bool, keys: &[Vec<u8>]) -> LaneId {
+    keys.first().filter(|_| cluster).map(Slot::for_key)
 }
 
 /// Sends `lane`'s queue, one batch per script call, until it is empty. The breaker and the
 /// store's health see each call once, whatever its size: one slow round trip is one failure,
 /// not one per decision it carried.
-async fn send_lane(store: Arc<Store>, mut conn: Conn, lane: Vec<u8>, metrics: Metrics) {
+async fn send_lane(store: Arc<Store>, mut conn: Conn, lane: LaneId, metrics: Metrics) {
     loop {
-        let batch = store.lanes.take(&lane);
+        let batch = store.lanes.take(lane);
         if batch.is_empty() {
             return;
         }
@@ -640,13 +628,16 @@ mod tests {
         let (a, _ra) = pending(1);
         let (b, _rb) = pending(1);
         let (c, _rc) = pending(1);
-        assert!(lanes.push(b"", a), "idle lane: this caller sends");
-        assert!(!lanes.push(b"", b), "a call is on the wire: queued");
-        assert!(lanes.push(b"other", c), "another lane is independent");
-        assert_eq!(lanes.take(b"").len(), 2, "one batch carries both");
-        assert!(lanes.take(b"").is_empty(), "drained: the lane is idle");
+        assert!(lanes.push(None, a), "idle lane: this caller sends");
+        assert!(!lanes.push(None, b), "a call is on the wire: queued");
+        assert!(
+            lanes.push(Some(Slot::for_key("other")), c),
+            "another lane is independent"
+        );
+        assert_eq!(lanes.take(None).len(), 2, "one batch carries both");
+        assert!(lanes.take(None).is_empty(), "drained: the lane is idle");
         let (d, _rd) = pending(1);
-        assert!(lanes.push(b"", d), "idle again: the next caller sends");
+        assert!(lanes.push(None, d), "idle again: the next caller sends");
     }
 
     #[test]
@@ -654,10 +645,10 @@ mod tests {
         let lanes = Lanes::default();
         let (a, ra) = pending(1);
         let (b, _rb) = pending(1);
-        lanes.push(b"", a);
-        lanes.push(b"", b);
+        lanes.push(None, a);
+        lanes.push(None, b);
         drop(ra);
-        assert_eq!(lanes.take(b"").len(), 1);
+        assert_eq!(lanes.take(None).len(), 1);
     }
 
     #[test]
@@ -666,22 +657,28 @@ mod tests {
         let mut rxs = Vec::new();
         for _ in 0..MAX_BATCH + 3 {
             let (p, rx) = pending(1);
-            lanes.push(b"", p);
+            lanes.push(None, p);
             rxs.push(rx);
         }
-        assert_eq!(lanes.take(b"").len(), MAX_BATCH);
-        assert_eq!(lanes.take(b"").len(), 3);
-        assert!(lanes.take(b"").is_empty());
+        assert_eq!(lanes.take(None).len(), MAX_BATCH);
+        assert_eq!(lanes.take(None).len(), 3);
+        assert!(lanes.take(None).is_empty());
     }
 
     #[test]
     fn lanes_are_hash_tags_on_a_cluster_and_one_lane_standalone() {
         let keys = vec![b"gwlr:{ip:10.0.0.1}:z".to_vec(), b"x".to_vec()];
-        assert_eq!(lane_of(true, &keys), b"ip:10.0.0.1".to_vec());
-        assert_eq!(lane_of(false, &keys), Vec::<u8>::new());
+        assert_eq!(lane_of(true, &keys), Some(Slot::for_key("ip:10.0.0.1")));
+        assert_eq!(lane_of(false, &keys), None);
         // No tag, or an empty one: the whole key decides the slot.
-        assert_eq!(lane_of(true, &[b"a{}b".to_vec()]), b"a{}b".to_vec());
-        assert_eq!(lane_of(true, &[b"plain".to_vec()]), b"plain".to_vec());
+        assert_eq!(
+            lane_of(true, &[b"a{}b".to_vec()]),
+            Some(Slot::for_key("a{}b"))
+        );
+        assert_eq!(
+            lane_of(true, &[b"plain".to_vec()]),
+            Some(Slot::for_key("plain"))
+        );
     }
 
     #[test]

@@ -120,6 +120,15 @@ fn delta(
     Some(sum)
 }
 
+/// Every gateway's `/metrics` text (`None` where it could not be read).
+async fn scrape(ctx: &Ctx, admins: &[String]) -> Vec<Option<String>> {
+    let mut out = Vec::with_capacity(admins.len());
+    for a in admins {
+        out.push(ctx.stack.gateway_metrics_at(a).await.ok());
+    }
+    out
+}
+
 /// Store round trips that failed or timed out, summed over the gateways (`None`: a gateway's
 /// metrics could not be read).
 fn store_failures(before: &[Option<String>], after: &[Option<String>]) -> Option<f64> {
@@ -259,10 +268,7 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
     // Seats sold by attempts that were measured again.
     let mut earlier_sold = 0u64;
     let (samples, before, after) = loop {
-        let mut before = Vec::new();
-        for a in &admins {
-            before.push(stack.gateway_metrics_at(a).await.ok());
-        }
+        let before = scrape(ctx, &admins).await;
         let samples = load::paced(rate, duration, 16, |i| {
             let src = src.clone();
             let url = urls[i as usize % n].clone();
@@ -270,10 +276,7 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
             async move { post_from(&src, &url, &body, Duration::from_secs(20)).await }
         })
         .await;
-        let mut after = Vec::new();
-        for a in &admins {
-            after.push(stack.gateway_metrics_at(a).await.ok());
-        }
+        let after = scrape(ctx, &admins).await;
         // A store round trip that failed or came late sends that decision, and while the breaker
         // is open every decision of its gateway, to the local fallback: the trace then no longer
         // measures the shared arithmetic. On a machine whose cores are shared with the whole

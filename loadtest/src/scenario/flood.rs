@@ -68,7 +68,6 @@ pub async fn discover_limits(ctx: &Ctx) -> (Vec<ZoneLimit>, String) {
     )
 }
 
-/// How long a key needs to drain completely from a full burst in every zone (at most 60 s).
 /// A flood's plan and fixtures.
 pub struct FloodSetup {
     /// Offered rate (requests/s).
@@ -120,6 +119,7 @@ pub async fn prepare(
     })
 }
 
+/// How long a key needs to drain completely from a full burst in every zone (at most 60 s).
 pub fn drain_time(limits: &[ZoneLimit]) -> Duration {
     let ms = limits
         .iter()
