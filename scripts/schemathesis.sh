@@ -114,12 +114,27 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# A free TCP port on 127.0.0.1, never one handed out before in this run.
+# A free TCP port on 127.0.0.1, never one handed out before in this run, and below the kernel's
+# ephemeral range: a port the kernel could hand out (bind to 0) may be taken as the source port
+# of an outgoing connection (the services connect to Redis and to each other) before its service
+# binds it, which made the reservations process fail with "Address already in use".
 GIVEN=" "
 free_port() {
   local p i
   for i in $(seq 1 100); do
-    p=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
+    p=$(python3 -c '
+import random, socket
+lo = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(1000):
+    p = random.randint(10000, max(10001, lo - 1))
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()')
+    [ -n "$p" ] || continue
     case "$GIVEN" in *" $p "*) continue ;; esac
     GIVEN="$GIVEN$p "
     echo "$p"
