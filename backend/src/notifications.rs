@@ -7,6 +7,12 @@
 //!   `(reservationId, kind)`, so an outbox redelivery never duplicates a message. The first
 //!   delivery answers 201 with the record (`notificationId`, the fields, `createdAt`); a repeat
 //!   answers 200 with the same record and is counted in `duplicates`.
+//! - `POST /notifications/batch` `{notifications: [{reservationId, userEmail, kind, message?}, ...]}`
+//!   (1 to [`MAX_BATCH`] items): records each item as `POST /notifications` would and answers 200
+//!   `{results: [...]}`, one result per item in order: `{status: 201|200, notificationId}` or
+//!   `{status: 422, error, message, field}` for an invalid item (the others are still recorded).
+//!   A body that is not such an object answers 400/422 as a whole. The outbox worker delivers
+//!   what it read in one round this way: one request instead of one per notification.
 //! - `GET /notifications?reservationId=R`: 200 with that reservation's notifications, oldest
 //!   first. Without `reservationId`: the most recent ones (`limit`, default 100, at most 1000).
 //! - `GET /admin/notifications/summary`: `{count, duplicates}`.
@@ -28,7 +34,7 @@ use chrono::{SecondsFormat, Utc};
 use parking_lot::Mutex;
 use prometheus::{IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::chaos::Chaos;
 use crate::error::ApiError;
@@ -37,6 +43,10 @@ use crate::telemetry::{self, Metrics, MetricsError};
 /// Default and largest page of `GET /notifications` without `reservationId`.
 const DEFAULT_LIMIT: usize = 100;
 const MAX_LIMIT: usize = 1000;
+
+/// Most items in one `POST /notifications/batch` (an item is at most ~4.5 KB, so a full batch
+/// stays under the 2 MB body limit).
+pub const MAX_BATCH: usize = 256;
 
 /// Default listen address (SPEC §3).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3003";
@@ -164,10 +174,16 @@ struct NewNotification {
 
 impl NewNotification {
     fn parse(body: &[u8]) -> Result<Self, ApiError> {
-        let fields = ApiError::json_object(body, "{reservationId, userEmail, kind, message?}")?;
-        let reservation_id = ApiError::string_field(&fields, "reservationId", 128)?;
-        let user_email = ApiError::email_field(&fields)?;
-        let kind = ApiError::string_field(&fields, "kind", 64)?;
+        Self::from_fields(&ApiError::json_object(
+            body,
+            "{reservationId, userEmail, kind, message?}",
+        )?)
+    }
+
+    fn from_fields(fields: &Map<String, Value>) -> Result<Self, ApiError> {
+        let reservation_id = ApiError::string_field(fields, "reservationId", 128)?;
+        let user_email = ApiError::email_field(fields)?;
+        let kind = ApiError::string_field(fields, "kind", 64)?;
         let message = match fields.get("message") {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(s)) if s.len() <= 4096 => s.clone(),
@@ -184,6 +200,31 @@ impl NewNotification {
             kind,
             message,
         })
+    }
+
+    /// The items of a `POST /notifications/batch` body, each parsed on its own (an invalid item
+    /// is its own 422, not the batch's).
+    fn parse_batch(body: &[u8]) -> Result<Vec<Result<Self, ApiError>>, ApiError> {
+        let mut fields = ApiError::json_object(body, "{notifications: [...]}")?;
+        let items = match fields.remove("notifications") {
+            Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_BATCH => items,
+            _ => {
+                return Err(ApiError::invalid_request(
+                    "notifications",
+                    format!("notifications must be an array of 1 to {MAX_BATCH} notifications"),
+                ))
+            }
+        };
+        Ok(items
+            .iter()
+            .map(|item| match item {
+                Value::Object(f) => Self::from_fields(f),
+                _ => Err(ApiError::invalid_request(
+                    "notifications",
+                    "each notification must be a JSON object {reservationId, userEmail, kind, message?}",
+                )),
+            })
+            .collect())
     }
 }
 
@@ -220,10 +261,35 @@ impl NotificationsState {
     }
 }
 
+impl NotificationsState {
+    /// Records one notification (see [`Inbox`]), counts and logs it; true if it is new.
+    fn record(&self, n: NewNotification) -> (Notification, bool) {
+        let (record, new) = self.inbox.record(n);
+        if new {
+            self.received.with_label_values(&["new"]).inc();
+            tracing::info!(
+                reservation_id = %record.reservation_id,
+                kind = %record.kind,
+                to = %record.user_email,
+                "notification sent"
+            );
+        } else {
+            self.received.with_label_values(&["duplicate"]).inc();
+            tracing::info!(
+                reservation_id = %record.reservation_id,
+                kind = %record.kind,
+                "duplicate delivery ignored"
+            );
+        }
+        (record, new)
+    }
+}
+
 /// The whole notifications HTTP service (API, health, metrics, chaos admin).
 pub fn router(state: NotificationsState) -> Router {
     let api = Router::new()
         .route("/notifications", post(create).get(list))
+        .route("/notifications/batch", post(create_batch))
         .route("/admin/notifications/summary", get(summary))
         .route("/ready", get(ready))
         .with_state(state.clone());
@@ -238,25 +304,35 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
 
 async fn create(State(st): State<NotificationsState>, body: Bytes) -> Result<Response, ApiError> {
     let n = NewNotification::parse(&body)?;
-    let (record, new) = st.inbox.record(n);
-    if new {
-        st.received.with_label_values(&["new"]).inc();
-        tracing::info!(
-            reservation_id = %record.reservation_id,
-            kind = %record.kind,
-            to = %record.user_email,
-            "notification sent"
-        );
-        Ok((StatusCode::CREATED, Json(record)).into_response())
+    let (record, new) = st.record(n);
+    let status = if new {
+        StatusCode::CREATED
     } else {
-        st.received.with_label_values(&["duplicate"]).inc();
-        tracing::info!(
-            reservation_id = %record.reservation_id,
-            kind = %record.kind,
-            "duplicate delivery ignored"
-        );
-        Ok((StatusCode::OK, Json(record)).into_response())
-    }
+        StatusCode::OK
+    };
+    Ok((status, Json(record)).into_response())
+}
+
+async fn create_batch(
+    State(st): State<NotificationsState>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let results: Vec<Value> = NewNotification::parse_batch(&body)?
+        .into_iter()
+        .map(|item| match item {
+            Ok(n) => {
+                let (record, new) = st.record(n);
+                let status = if new { 201 } else { 200 };
+                json!({"status": status, "notificationId": record.notification_id})
+            }
+            Err(e) => {
+                let mut v = e.body();
+                v["status"] = json!(e.status.as_u16());
+                v
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "results": results })))
 }
 
 /// Query of `GET /notifications`.
@@ -319,6 +395,40 @@ mod tests {
             }
         );
         assert_eq!(o.recent(1), vec![c]);
+    }
+
+    #[test]
+    fn batch_items_are_judged_one_by_one() {
+        let items = NewNotification::parse_batch(
+            br#"{"notifications":[{"reservationId":"R","userEmail":"a@b.c","kind":"k"},
+                {"reservationId":"R","kind":"k"}, 7]}"#,
+        )
+        .unwrap();
+        assert_eq!(items.len(), 3);
+        assert!(items[0].is_ok());
+        assert_eq!(items[1].as_ref().unwrap_err().extra["field"], "userEmail");
+        assert_eq!(
+            items[2].as_ref().unwrap_err().extra["field"],
+            "notifications"
+        );
+        for bad in [
+            &br#"{"notifications":[]}"#[..],
+            br#"{"notifications":{}}"#,
+            br#"{}"#,
+        ] {
+            let e = NewNotification::parse_batch(bad).unwrap_err();
+            assert_eq!(e.extra["field"], "notifications");
+        }
+        let too_many = format!(
+            r#"{{"notifications":[{}]}}"#,
+            vec![r#"{"reservationId":"R","userEmail":"a@b.c","kind":"k"}"#; MAX_BATCH + 1]
+                .join(",")
+        );
+        assert!(NewNotification::parse_batch(too_many.as_bytes()).is_err());
+        assert_eq!(
+            NewNotification::parse_batch(b"[").unwrap_err().code,
+            "invalid_json"
+        );
     }
 
     #[test]

@@ -12,13 +12,20 @@
 //! 2. first re-read this consumer's own unacknowledged entries (`XREADGROUP ... 0`), then
 //!    periodically take over entries idle longer than `--outbox-claim-idle-ms` from dead consumers
 //!    (`XAUTOCLAIM`), and otherwise wait for new ones (`XREADGROUP ... BLOCK ... >`);
-//! 3. POST each entry as `{reservationId, userEmail, kind, message}` to `/notifications`. Transient
-//!    failures (connection errors, timeouts, any non-2xx answer except 400/413/422) are retried
-//!    with capped exponential backoff and jitter for as long as the entry is younger than
-//!    `--outbox-give-up-ms`; 400/413/422 (the message itself is invalid) are permanent;
+//! 3. POST the round's entries, each as `{reservationId, userEmail, kind, message}`, in one
+//!    `/notifications/batch` request (at most [`MAX_BATCH`] per request; a notifications service
+//!    without that endpoint gets one `POST /notifications` per entry). Transient failures
+//!    (connection errors, timeouts, any non-2xx answer except 400/413/422, for the request or an
+//!    item) are retried together with capped exponential backoff and jitter for as long as each
+//!    entry is younger than `--outbox-give-up-ms`; 400/413/422 for an item (the message itself is
+//!    invalid) are permanent;
 //! 4. on success set `notification`=`sent` on the reservation (only if that hash exists),
-//!    on giving up set it to `failed`; then `XACK` and `XDEL` the entry (the stream only holds what
-//!    is not delivered yet, so its length is the backlog).
+//!    on giving up set it to `failed`; then `XACK` and `XDEL` the entries (the stream only holds
+//!    what is not delivered yet, so its length is the backlog): one script call for the whole
+//!    round (`outbox_done.lua`), since the stream and its reservations share a slot group.
+//!
+//! Per round that is one HTTP request and two Redis calls (the read and the script), whatever
+//! the number of entries: the worker's cost per notification falls as load rises.
 //!
 //! Redelivery (after a crash between POST and XACK, or two consumers retrying the same old entry)
 //! is harmless: notifications is idempotent on `(reservationId, kind)`. If the stream or group
@@ -33,12 +40,14 @@ use prometheus::{IntCounter, IntGauge, Registry};
 use rand::Rng;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::RedisError;
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::reservations::inventory::mark_notification_script;
+use crate::notifications::MAX_BATCH;
+use crate::reservations::inventory::{mark_notification_script, outbox_done_script};
 use crate::reservations::keys;
 use crate::slots::{Group, GROUPS};
 use crate::store::{Conn, Store, StoreError};
@@ -329,6 +338,16 @@ impl Message {
         }
     }
 
+    /// The JSON notifications receives.
+    fn body(&self) -> Value {
+        json!({
+            "reservationId": self.reservation_id.as_deref().unwrap_or_default(),
+            "userEmail": self.user_email,
+            "kind": self.kind,
+            "message": self.message,
+        })
+    }
+
     /// Age derived from the entry id's millisecond timestamp (0 if unparsable).
     fn age(&self) -> Duration {
         let ms = self
@@ -355,7 +374,18 @@ enum Delivery {
     Failed,
 }
 
-/// Result of one POST.
+impl Delivery {
+    /// The reservation's `notification` field after it.
+    fn mark(self) -> &'static str {
+        match self {
+            Delivery::Sent => "sent",
+            Delivery::Failed => "failed",
+        }
+    }
+}
+
+/// Result of one message's delivery attempt.
+#[derive(Debug, Clone)]
 enum Attempt {
     Ok,
     Transient(String),
@@ -370,6 +400,9 @@ struct Shared {
     consumer: String,
     metrics: OutboxMetrics,
     mark: redis::Script,
+    done: redis::Script,
+    /// `POST /notifications/batch`.
+    batch_url: String,
     /// Each stream's last known length; the `outbox_pending` gauge is their sum.
     backlog: [AtomicI64; GROUPS],
 }
@@ -387,16 +420,16 @@ impl Shared {
             ))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
+        let base = cfg.notifications_url.trim_end_matches('/');
         Ok(Self {
             http,
-            url: format!(
-                "{}/notifications",
-                cfg.notifications_url.trim_end_matches('/')
-            ),
+            url: format!("{base}/notifications"),
+            batch_url: format!("{base}/notifications/batch"),
             cfg,
             consumer,
             metrics,
             mark: mark_notification_script(),
+            done: outbox_done_script(),
             backlog: std::array::from_fn(|_| AtomicI64::new(0)),
         })
     }
@@ -575,7 +608,7 @@ impl Worker {
         Ok(())
     }
 
-    /// Delivers a batch concurrently, then records every outcome in Redis.
+    /// Delivers a round's entries, then records every outcome in Redis.
     async fn handle_batch(
         &self,
         conn: &mut Conn,
@@ -585,7 +618,7 @@ impl Worker {
             return Ok(());
         }
         let messages: Vec<Message> = entries.iter().map(Message::from_entry).collect();
-        let deliveries = futures::future::join_all(messages.iter().map(|m| self.deliver(m)));
+        let deliveries = self.deliver_all(&messages);
         tokio::pin!(deliveries);
         // While deliveries are being retried (notifications down), keep the backlog gauge fresh.
         let mut gauge_tick = tokio::time::interval(Duration::from_secs(1));
@@ -600,10 +633,22 @@ impl Worker {
                 }
             }
         };
-        // The same reservation may appear twice in a batch (redelivery): keep one mark per id,
+        self.finish(conn, &messages, &outcomes).await
+    }
+
+    /// Records the outcomes on the reservations and acknowledges the entries: one script call
+    /// for the stream's own group (every entry written by a confirmation is there), plus one
+    /// pipelined mark per reservation of another group (only hand-written entries).
+    async fn finish(
+        &self,
+        conn: &mut Conn,
+        messages: &[Message],
+        outcomes: &[Delivery],
+    ) -> Result<(), RedisError> {
+        // The same reservation may appear twice in a round (redelivery): keep one mark per id,
         // "sent" winning over "failed".
         let mut marks: HashMap<&str, Delivery> = HashMap::new();
-        for (m, outcome) in messages.iter().zip(&outcomes) {
+        for (m, outcome) in messages.iter().zip(outcomes) {
             if let Some(r) = &m.reservation_id {
                 let e = marks.entry(r.as_str()).or_insert(*outcome);
                 if *outcome == Delivery::Sent {
@@ -611,83 +656,158 @@ impl Worker {
                 }
             }
         }
-        // One round trip for every mark (the script was loaded when the session started).
-        let mut p = redis::pipe();
-        for (reservation_id, outcome) in marks {
-            let value = match outcome {
-                Delivery::Sent => "sent",
-                Delivery::Failed => "failed",
-            };
-            p.cmd("EVALSHA")
-                .arg(self.mark.get_hash())
-                .arg(1)
-                .arg(keys::reservation(reservation_id))
-                .arg(value)
-                .ignore();
+        let (own, foreign): (Vec<_>, Vec<_>) = marks
+            .into_iter()
+            .partition(|(r, _)| keys::reservation_group(r) == self.group);
+        if !foreign.is_empty() {
+            // Marks are sent in a pipeline, which does not reload a script on NOSCRIPT: the
+            // session loaded it.
+            let mut p = redis::pipe();
+            for (reservation_id, outcome) in foreign {
+                p.cmd("EVALSHA")
+                    .arg(self.mark.get_hash())
+                    .arg(1)
+                    .arg(keys::reservation(reservation_id))
+                    .arg(outcome.mark())
+                    .ignore();
+            }
+            p.query_async::<()>(conn).await?;
         }
-        p.query_async::<()>(conn).await?;
-        let ids: Vec<&str> = messages.iter().map(|m| m.entry_id.as_str()).collect();
-        redis::pipe()
-            .atomic()
-            .cmd("XACK")
-            .arg(&self.stream)
-            .arg(GROUP)
-            .arg(&ids)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&self.stream)
-            .arg(&ids)
-            .ignore()
-            .query_async::<()>(conn)
-            .await?;
+        let mut call = self.done.key(&self.stream);
+        call.arg(GROUP);
+        for (reservation_id, _) in &own {
+            call.key(keys::reservation(reservation_id));
+        }
+        for (_, outcome) in &own {
+            call.arg(outcome.mark());
+        }
+        for m in messages {
+            call.arg(&m.entry_id);
+        }
+        call.invoke_async::<i64>(conn).await?;
         Ok(())
     }
 
-    /// Posts one message, retrying transient failures with backoff until it is too old.
-    async fn deliver(&self, m: &Message) -> Delivery {
-        let Some(reservation_id) = &m.reservation_id else {
-            tracing::error!(entry = %m.entry_id, "outbox entry without reservationId, dropped");
-            self.metrics.failed.inc();
-            return Delivery::Failed;
-        };
+    /// Delivers every message, retrying the transient failures together (with backoff) until
+    /// each is delivered, rejected or too old; the outcome of each, in order.
+    async fn deliver_all(&self, messages: &[Message]) -> Vec<Delivery> {
+        let mut outcomes: Vec<Option<Delivery>> = messages
+            .iter()
+            .map(|m| {
+                m.reservation_id.is_none().then(|| {
+                    tracing::error!(entry = %m.entry_id, "outbox entry without reservationId, dropped");
+                    self.metrics.failed.inc();
+                    Delivery::Failed
+                })
+            })
+            .collect();
         let give_up = Duration::from_millis(self.cfg.outbox_give_up_ms);
         let mut retry: u32 = 0;
         loop {
-            match self.post(reservation_id, m).await {
-                Attempt::Ok => {
-                    self.metrics.delivered.inc();
-                    tracing::debug!(%reservation_id, kind = %m.kind, "notification delivered");
-                    return Delivery::Sent;
-                }
-                Attempt::Permanent(why) => {
-                    self.metrics.failed.inc();
-                    tracing::error!(%reservation_id, entry = %m.entry_id, %why, "notification rejected, giving up");
-                    return Delivery::Failed;
-                }
-                Attempt::Transient(why) => {
-                    if m.age() >= give_up {
-                        self.metrics.failed.inc();
-                        tracing::error!(%reservation_id, entry = %m.entry_id, %why, "notification undeliverable for too long, giving up");
-                        return Delivery::Failed;
-                    }
-                    retry = retry.saturating_add(1);
-                    self.metrics.retries.inc();
-                    let delay = self.backoff(retry);
-                    tracing::warn!(%reservation_id, %why, retry, retry_in_ms = delay.as_millis() as u64, "notification delivery failed, will retry");
-                    tokio::time::sleep(delay).await;
-                }
+            let open: Vec<usize> = (0..messages.len())
+                .filter(|&i| outcomes[i].is_none())
+                .collect();
+            if open.is_empty() {
+                break;
+            }
+            let batch: Vec<&Message> = open.iter().map(|&i| &messages[i]).collect();
+            let attempts = self.post_all(&batch).await;
+            let mut again: Option<(usize, String)> = None;
+            for (&i, attempt) in open.iter().zip(attempts) {
+                outcomes[i] = self.judge(&messages[i], attempt, give_up, &mut again);
+            }
+            if let Some((count, why)) = again {
+                retry = retry.saturating_add(1);
+                let delay = self.backoff(retry);
+                tracing::warn!(count, %why, retry, retry_in_ms = delay.as_millis() as u64, "notification delivery failed, will retry");
+                tokio::time::sleep(delay).await;
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Delivery::Failed))
+            .collect()
+    }
+
+    /// The outcome of one attempt, or None to retry it (counted in `again` with its reason).
+    fn judge(
+        &self,
+        m: &Message,
+        attempt: Attempt,
+        give_up: Duration,
+        again: &mut Option<(usize, String)>,
+    ) -> Option<Delivery> {
+        let reservation_id = m.reservation_id.as_deref().unwrap_or_default();
+        match attempt {
+            Attempt::Ok => {
+                self.metrics.delivered.inc();
+                tracing::debug!(%reservation_id, kind = %m.kind, "notification delivered");
+                Some(Delivery::Sent)
+            }
+            Attempt::Permanent(why) => {
+                self.metrics.failed.inc();
+                tracing::error!(%reservation_id, entry = %m.entry_id, %why, "notification rejected, giving up");
+                Some(Delivery::Failed)
+            }
+            Attempt::Transient(why) if m.age() >= give_up => {
+                self.metrics.failed.inc();
+                tracing::error!(%reservation_id, entry = %m.entry_id, %why, "notification undeliverable for too long, giving up");
+                Some(Delivery::Failed)
+            }
+            Attempt::Transient(why) => {
+                self.metrics.retries.inc();
+                let (count, _) = again.get_or_insert((0, why));
+                *count += 1;
+                None
             }
         }
     }
 
-    async fn post(&self, reservation_id: &str, m: &Message) -> Attempt {
-        let body = json!({
-            "reservationId": reservation_id,
-            "userEmail": m.user_email,
-            "kind": m.kind,
-            "message": m.message,
-        });
-        match self.http.post(&self.url).json(&body).send().await {
+    /// One attempt for each message, in order: batches of at most [`MAX_BATCH`], concurrently.
+    async fn post_all(&self, messages: &[&Message]) -> Vec<Attempt> {
+        let batches = messages.chunks(MAX_BATCH).map(|c| self.post_batch(c));
+        futures::future::join_all(batches)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// One `POST /notifications/batch`; an attempt per message, in order.
+    async fn post_batch(&self, messages: &[&Message]) -> Vec<Attempt> {
+        let all = |a: Attempt| vec![a; messages.len()];
+        let items: Vec<Value> = messages.iter().map(|m| m.body()).collect();
+        let body = json!({ "notifications": items });
+        let resp = match self.http.post(&self.batch_url).json(&body).send().await {
+            Ok(resp) => resp,
+            Err(e) => return all(Attempt::Transient(e.to_string())),
+        };
+        let status = resp.status();
+        if matches!(status.as_u16(), 404 | 405) || is_rejection(status) {
+            // A notifications service without the batch endpoint, or a batch refused as a
+            // whole: one request per message, which also singles out an invalid one.
+            let singles = messages.iter().map(|m| self.post(m));
+            return futures::future::join_all(singles).await;
+        }
+        if !status.is_success() {
+            return all(Attempt::Transient(format!("HTTP {status}")));
+        }
+        match resp.json::<BatchReply>().await {
+            Ok(reply) if reply.results.len() == messages.len() => {
+                reply.results.iter().map(ItemResult::attempt).collect()
+            }
+            Ok(reply) => all(Attempt::Transient(format!(
+                "batch answer has {} results for {} notifications",
+                reply.results.len(),
+                messages.len()
+            ))),
+            Err(e) => all(Attempt::Transient(format!("unreadable batch answer: {e}"))),
+        }
+    }
+
+    /// One `POST /notifications`.
+    async fn post(&self, m: &Message) -> Attempt {
+        match self.http.post(&self.url).json(&m.body()).send().await {
             Ok(resp) => {
                 let status = resp.status();
                 if status.is_success() {
@@ -700,6 +820,34 @@ impl Worker {
                 }
             }
             Err(e) => Attempt::Transient(e.to_string()),
+        }
+    }
+}
+
+/// The answer of `POST /notifications/batch`.
+#[derive(Debug, Deserialize)]
+struct BatchReply {
+    results: Vec<ItemResult>,
+}
+
+/// One item's result in a [`BatchReply`].
+#[derive(Debug, Deserialize)]
+struct ItemResult {
+    status: u16,
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl ItemResult {
+    fn attempt(&self) -> Attempt {
+        match reqwest::StatusCode::from_u16(self.status) {
+            Ok(s) if s.is_success() => Attempt::Ok,
+            Ok(s) if is_rejection(s) => {
+                Attempt::Permanent(format!("HTTP {s}: {} {}", self.error, self.message))
+            }
+            _ => Attempt::Transient(format!("item status {}", self.status)),
         }
     }
 }
@@ -759,6 +907,26 @@ mod tests {
         assert!(Message::from_entry(&entry("5-0", &[]))
             .reservation_id
             .is_none());
+    }
+
+    #[test]
+    fn batch_item_results_map_to_attempts() {
+        let item = |status| ItemResult {
+            status,
+            error: "invalid_request".into(),
+            message: "m".into(),
+        };
+        assert!(matches!(item(201).attempt(), Attempt::Ok));
+        assert!(matches!(item(200).attempt(), Attempt::Ok));
+        assert!(matches!(item(422).attempt(), Attempt::Permanent(_)));
+        assert!(matches!(item(400).attempt(), Attempt::Permanent(_)));
+        assert!(matches!(item(503).attempt(), Attempt::Transient(_)));
+        assert!(matches!(item(0).attempt(), Attempt::Transient(_)));
+        let reply: BatchReply = serde_json::from_str(
+            r#"{"results":[{"status":201,"notificationId":"n"},{"status":422,"error":"invalid_request","message":"x","field":"userEmail"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(reply.results.len(), 2);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use backend::chaos::ChaosSettings;
 use backend::notifications::{router, NotificationsState};
 use backend::outbox::{spawn_worker_with_metrics, stream, OutboxConfig, OutboxMetrics, GROUP};
 use backend::reservations::keys;
+use backend::slots::new_id_in_group;
 use backend::store::{Store, StoreConfig};
 use common::RedisServer;
 use redis::aio::MultiplexedConnection;
@@ -30,11 +31,25 @@ async fn setup(claim_idle_ms: u64) -> Setup {
 }
 
 async fn setup_with(claim_idle_ms: u64, give_up_ms: u64) -> Setup {
+    setup_service(claim_idle_ms, give_up_ms, false).await
+}
+
+/// `without_batch`: the notifications service answers 404 on `/notifications/batch`, as one
+/// from before that endpoint does.
+async fn setup_service(claim_idle_ms: u64, give_up_ms: u64, without_batch: bool) -> Setup {
     let redis = RedisServer::start();
     let notifications = NotificationsState::new().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = router(notifications.clone());
+    let mut app = router(notifications.clone());
+    if without_batch {
+        app = axum::Router::new()
+            .route(
+                "/notifications/batch",
+                axum::routing::post(|| async { axum::http::StatusCode::NOT_FOUND }),
+            )
+            .fallback_service(app);
+    }
     tokio::spawn(async move { axum::serve(listener, app).await });
     let cfg = OutboxConfig {
         notifications_url: format!("http://{addr}"),
@@ -189,6 +204,106 @@ async fn delivers_acks_and_marks_sent() {
         .await
         .expect("worker stops on shutdown")
         .unwrap();
+}
+
+/// Writes `n` entries for reservations of group 0 (the stream's own group) in one transaction,
+/// so that the worker reads them in one round; the first has no userEmail (invalid).
+async fn write_round(c: &mut MultiplexedConnection, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|_| new_id_in_group(0)).collect();
+    let mut p = redis::pipe();
+    p.atomic();
+    for (i, id) in ids.iter().enumerate() {
+        p.cmd("HSET")
+            .arg(keys::reservation(id))
+            .arg("notification")
+            .arg("queued")
+            .ignore();
+        let email = if i == 0 { "" } else { "a@b.c" };
+        p.cmd("XADD")
+            .arg(stream(0))
+            .arg("*")
+            .arg("reservationId")
+            .arg(id)
+            .arg("userEmail")
+            .arg(email)
+            .arg("kind")
+            .arg("reservation_confirmed")
+            .ignore();
+    }
+    let _: () = p.query_async(c).await.unwrap();
+    ids
+}
+
+/// Requests notifications answered on `route` with `status`.
+fn answered(s: &Setup, route: &str, status: &str) -> u64 {
+    s.notifications
+        .metrics
+        .http_requests_total
+        .with_label_values(&["notifications", route, status])
+        .get()
+}
+
+/// Waits until every entry of the round is marked; returns the marks.
+async fn marks_of(s: &Setup, ids: &[String]) -> Vec<Option<String>> {
+    let c = conn(&s.redis).await;
+    let ids = ids.to_vec();
+    let done = eventually(Duration::from_secs(10), || {
+        let (mut c, ids) = (c.clone(), ids.clone());
+        async move {
+            for id in &ids {
+                if notification_field(&mut c, id).await.as_deref() == Some("queued") {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    assert!(done, "round not marked");
+    let mut c = c.clone();
+    let mut marks = Vec::new();
+    for id in &ids {
+        marks.push(notification_field(&mut c, id).await);
+    }
+    marks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_is_delivered_in_one_batch_request_and_an_invalid_item_fails_alone() {
+    let s = setup(30_000).await;
+    let mut c = conn(&s.redis).await;
+    // Let the worker create the group and block on the stream first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids = write_round(&mut c, 20).await;
+    let marks = marks_of(&s, &ids).await;
+    assert_eq!(marks[0].as_deref(), Some("failed"), "the invalid item");
+    assert!(marks[1..].iter().all(|m| m.as_deref() == Some("sent")));
+    assert_eq!(s.notifications.inbox.summary().count, 19);
+    assert_eq!(answered(&s, "/notifications/batch", "200"), 1);
+    assert_eq!(answered(&s, "/notifications", "201"), 0);
+    assert_eq!(s.metrics.retries.get(), 0);
+    assert_eq!((s.metrics.delivered.get(), s.metrics.failed.get()), (19, 1));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let mut c = c.clone();
+            async move { pending(&mut c).await == 0 }
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_without_the_batch_endpoint_gets_one_request_per_message() {
+    let s = setup_service(30_000, 3_600_000, true).await;
+    let mut c = conn(&s.redis).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ids = write_round(&mut c, 5).await;
+    let marks = marks_of(&s, &ids).await;
+    assert_eq!(marks[0].as_deref(), Some("failed"));
+    assert!(marks[1..].iter().all(|m| m.as_deref() == Some("sent")));
+    assert_eq!(answered(&s, "/notifications", "201"), 4);
+    assert_eq!(answered(&s, "/notifications", "422"), 1);
+    assert_eq!(s.notifications.inbox.summary().count, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,6 +75,14 @@ pub fn mark_notification_script() -> Script {
     lua!("mark_notification.lua")
 }
 
+/// The outbox worker's end of a delivery round (`outbox_done.lua`): marks the round's
+/// reservations of the stream's own slot group and acknowledges and deletes its entries, in one
+/// call. KEYS: the stream, then the reservation hashes; ARGV: the consumer group, one
+/// `sent`/`failed` per reservation, then the entry ids.
+pub fn outbox_done_script() -> Script {
+    lua!("outbox_done.lua")
+}
+
 /// Why an inventory call produced no usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
