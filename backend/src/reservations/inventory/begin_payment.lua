@@ -22,5 +22,5 @@ end
 redis.call('HSET', KEYS[1], 'status', 'PAYMENT_PENDING',
   'confirmBy', string.format('%d', redis_now_ms() + tonumber(ARGV[4])))
 redis.call('ZREM', KEYS[4], r[2] .. '|' .. res_id)
-push_history(KEYS[3], 'payment', 'PAYMENT_PENDING', ARGV[3])
+push_history(KEYS[3], ARGV[3], 'payment', 'PAYMENT_PENDING')
 return {'ok', '0'}

@@ -29,7 +29,7 @@ if redis.call('HGET', KEYS[3], 'epoch') == r[6] then
   end
 end
 redis.call('HSET', KEYS[1], 'status', 'CANCELLED')
-push_history(KEYS[4], 'cancel', 'CANCELLED', ARGV[3])
+push_history(KEYS[4], ARGV[3], 'cancel', 'CANCELLED')
 redis.call('SREM', KEYS[8], res_id)
 redis.call('ZREM', KEYS[5], res_id)
 redis.call('DEL', KEYS[6])

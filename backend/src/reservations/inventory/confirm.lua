@@ -30,7 +30,7 @@ end
 redis.call('HINCRBY', KEYS[3], 'held', -n)
 redis.call('HINCRBY', KEYS[3], 'sold', n)
 redis.call('HSET', KEYS[1], 'status', 'CONFIRMED', 'paymentId', ARGV[3])
-push_history(KEYS[4], 'confirm', 'CONFIRMED', ARGV[2])
+push_history(KEYS[4], ARGV[2], 'confirm', 'CONFIRMED')
 redis.call('XADD', KEYS[7], '*', 'reservationId', res_id, 'eventId', r[2], 'userEmail', r[7],
   'kind', 'reservation_confirmed', 'payload', ARGV[4])
 redis.call('SADD', KEYS[8], res_id)

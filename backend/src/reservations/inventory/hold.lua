@@ -19,7 +19,10 @@
 local FIRST_SEAT = 15
 local res_id, event_id, mode = ARGV[1], ARGV[2], ARGV[3]
 local now = tonumber(ARGV[7])
-if ARGV[13] ~= '' and redis_now_ms() > tonumber(ARGV[13]) then return {'too_late'} end
+-- Redis' clock, read once (for notAfter and confirmBy).
+local redis_now = nil
+if ARGV[13] ~= '' or ARGV[14] ~= '' then redis_now = redis_now_ms() end
+if ARGV[13] ~= '' and redis_now > tonumber(ARGV[13]) then return {'too_late'} end
 local function reject(code, detail)
   return {'rejected', code, detail}
 end
@@ -60,7 +63,7 @@ redis.call('HINCRBY', KEYS[1], 'held', n)
 local status, confirm_by = 'HELD', ''
 if direct then
   status = 'PAYMENT_PENDING'
-  confirm_by = string.format('%d', redis_now_ms() + tonumber(ARGV[14]))
+  confirm_by = string.format('%d', redis_now + tonumber(ARGV[14]))
 end
 redis.call('HSET', KEYS[3],
   'id', res_id, 'status', status, 'eventId', event_id, 'kind', mode, 'seats', seat_list,
@@ -68,10 +71,10 @@ redis.call('HSET', KEYS[3],
   'notification', 'queued', 'createdAt', ARGV[8], 'createdMs', ARGV[7],
   'holdDeadline', string.format('%d', deadline), 'epoch', meta[3] or '', 'idemKey', ARGV[12],
   'failCode', '', 'cancelRequested', '0', 'confirmBy', confirm_by)
-push_history(KEYS[4], 'hold', 'HELD', ARGV[8])
 if direct then
-  push_history(KEYS[4], 'payment', 'PAYMENT_PENDING', ARGV[8])
+  push_history(KEYS[4], ARGV[8], 'hold', 'HELD', 'payment', 'PAYMENT_PENDING')
 else
+  push_history(KEYS[4], ARGV[8], 'hold', 'HELD')
   redis.call('ZADD', KEYS[6], deadline, event_id .. '|' .. res_id)
 end
 redis.call('SET', KEYS[5], ARGV[11], 'PX', ARGV[10])

@@ -4,9 +4,15 @@
 -- Replies are arrays whose first element is a tag the Rust wrapper matches exactly; any other
 -- reply is an error there, never a decision.
 
--- Appends one saga history entry {step, status, at}.
-local function push_history(key, step, status, at)
-  redis.call('RPUSH', key, cjson.encode({step = step, status = status, at = at}))
+-- Appends saga history entries {step, status, at}, in one command: push_history(key, at, step,
+-- status[, step, status ...]).
+local function push_history(key, at, ...)
+  local steps = {...}
+  local entries = {}
+  for i = 1, #steps, 2 do
+    entries[#entries + 1] = cjson.encode({step = steps[i], status = steps[i + 1], at = at})
+  end
+  redis.call('RPUSH', key, unpack(entries))
 end
 
 -- Splits a comma-separated list ('' gives an empty table).

@@ -46,7 +46,7 @@ end
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'failCode', ARGV[5])
 local step = 'release'
 if ARGV[4] == 'EXPIRED' then step = 'expire' end
-push_history(KEYS[4], step, ARGV[4], ARGV[3])
+push_history(KEYS[4], ARGV[3], step, ARGV[4])
 redis.call('ZREM', KEYS[5], res_id)
 redis.call('ZREM', KEYS[7], ARGV[7])
 redis.call('DEL', KEYS[6])
