@@ -24,6 +24,40 @@ fn redis_server_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("redis-server"))
 }
 
+/// A free TCP port on 127.0.0.1 for a test's server, never handed out twice in one test binary.
+///
+/// Drawn below the kernel's ephemeral range (`ip_local_port_range`), which a port from
+/// `bind(:0)` is not: any outgoing connection (a service connecting to Redis, a test's client)
+/// may take such a port as its source port between the test choosing it and the server binding
+/// it, and the server then fails with "Address already in use". The port 10,000 above is free
+/// and reserved too, so the port can serve a Redis Cluster node (its cluster bus listens there),
+/// and both stay below the ephemeral range.
+pub fn free_port() -> u16 {
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    const BUS_OFFSET: u16 = 10_000;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (lo, hi) = (
+        10_000u16,
+        ephemeral_start.saturating_sub(BUS_OFFSET).max(10_001),
+    );
+    let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..10_000 {
+        let p = rand::random_range(lo..hi);
+        let bus = p + BUS_OFFSET;
+        if given.contains(&p) || given.contains(&bus) || !bindable(p) || !bindable(bus) {
+            continue;
+        }
+        given.extend([p, bus]);
+        return p;
+    }
+    panic!("no free port in {lo}..{hi} after 10000 tries");
+}
+
 /// Runs `redis-cli -p <port> <args>`; returns stdout.
 pub fn cli(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")

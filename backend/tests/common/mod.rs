@@ -3,28 +3,15 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1 (bound then released; good enough for tests).
-/// Never hands out the same port twice in one test binary (tests run in parallel threads and the
-/// kernel may give a just-released port to the next `bind(:0)`).
+/// A free TCP port on 127.0.0.1 for a test's server (see [`redis_harness::free_port`]: below the
+/// ephemeral range, never the same twice in one test binary).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    for _ in 0..1000 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free port");
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-    panic!("no unused ephemeral port after 1000 tries");
+    redis_harness::free_port()
 }
 
 /// Waits until something accepts TCP connections on `port`, up to `timeout`.

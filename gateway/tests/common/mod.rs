@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener as StdTcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -39,23 +39,12 @@ use tokio::task::JoinSet;
 /// How long the gateway may take to start listening.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A free TCP port on 127.0.0.1 (bound, then released for the caller to bind).
-///
-/// Never hands out the same port twice in one test binary: tests run in parallel threads, the
-/// kernel may give a just-released port to the next `bind(:0)`, and the admin listener uses
-/// SO_REUSEPORT (for the SIGQUIT hand-off), so two gateways could silently share a port.
+/// A free TCP port on 127.0.0.1 (see [`redis_harness::free_port`]: below the ephemeral range,
+/// never the same twice in one test binary). Tests run in parallel threads, and the admin
+/// listener uses SO_REUSEPORT (for the SIGQUIT hand-off), so two gateways must never be given
+/// one port.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    for _ in 0..1000 {
-        let l = StdTcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = l.local_addr().expect("local addr").port();
-        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-    panic!("no unused ephemeral port after 1000 tries");
+    redis_harness::free_port()
 }
 
 /// A reqwest client without proxies, with a 30 s overall timeout.
