@@ -94,7 +94,7 @@ pub struct OutboxConfig {
     /// How long one `XREADGROUP` waits for new entries, in milliseconds.
     #[arg(long, env = "OUTBOX_BLOCK_MS", default_value_t = defaults::BLOCK_MS)]
     pub outbox_block_ms: u64,
-    /// Entries read (and delivered concurrently) per batch.
+    /// Entries read per round (delivered together in one `POST /notifications/batch`).
     #[arg(long, env = "OUTBOX_BATCH", default_value_t = defaults::BATCH)]
     pub outbox_batch: usize,
     /// Time limit of one delivery attempt, in milliseconds.
