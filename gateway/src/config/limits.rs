@@ -146,6 +146,11 @@ fn is_blank(b: u8) -> bool {
     b == b' ' || b == b'\t'
 }
 
+/// A character of an anchor or alias name, as libyaml scans them.
+fn is_anchor_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
 fn is_flow_indicator(b: u8) -> bool {
     matches!(b, b',' | b'[' | b']' | b'{' | b'}')
 }
@@ -293,6 +298,10 @@ impl Scanner {
         // Column of a flow collection opened on this line in block context: if `: ` follows its
         // end, it was a mapping key (`[a, b]: c`) and the mapping is a block level.
         let mut flow_at = None;
+        // Column of the anchor or tag that began the node being scanned: a key that turns out to
+        // follow them (`&a key: v`, `&a: v`) starts there, not at its text, and that column is
+        // what later lines' indentation is compared with.
+        let mut props_at: Option<usize> = None;
         while i < line.len() {
             let b = line[i];
             if is_blank(b) {
@@ -330,16 +339,19 @@ impl Scanner {
             match b {
                 b'-' | b'?' | b':' if blank_after(line, i) => {
                     let kind = if b == b'-' { Kind::Dash } else { Kind::Key };
-                    self.push_block(i, kind)?;
+                    // `&a: v`: an empty key with an anchor, starting at the anchor.
+                    let col = if b == b':' { props_at.take() } else { None };
+                    props_at = None;
+                    self.push_block(col.unwrap_or(i), kind)?;
                     i += 1;
                 }
                 b'[' | b'{' => {
-                    flow_at = Some(i);
+                    flow_at = Some(props_at.take().unwrap_or(i));
                     self.open_flow(i, b)?;
                     i += 1;
                 }
                 b'\'' | b'"' => {
-                    let start = i;
+                    let start = props_at.take().unwrap_or(i);
                     match close_quote(line, i + 1, b) {
                         Some(end) => {
                             i = end;
@@ -365,15 +377,25 @@ impl Scanner {
                     };
                     return Ok(()); // the header and its comment end the line
                 }
-                b'&' | b'!' => {
-                    // Anchor or tag: a node still follows.
+                b'&' => {
+                    // Anchor: a node still follows. Its name is what libyaml takes for one
+                    // (letters, digits, `-`, `_`): in `&a: v` the `:` is a key indicator.
+                    props_at.get_or_insert(i);
+                    i += 1;
+                    while i < line.len() && is_anchor_char(line[i]) {
+                        i += 1;
+                    }
+                }
+                b'!' => {
+                    // Tag (its characters include `:`): a node still follows.
+                    props_at.get_or_insert(i);
                     while i < line.len() && !is_blank(line[i]) {
                         i += 1;
                     }
                 }
                 _ => {
                     // A plain scalar (or alias): up to `: `, ` #` or the end of the line.
-                    let start = i;
+                    let start = props_at.take().unwrap_or(i);
                     while i < line.len() {
                         let c = line[i];
                         if c == b':' && blank_after(line, i) {
@@ -517,8 +539,17 @@ impl Scanner {
                 }
             };
         }
-        if self.flow_node_start && (b == b'&' || b == b'!') {
-            // Anchor or tag: a node still follows.
+        if self.flow_node_start && b == b'&' {
+            // Anchor: a node still follows; its name ends where libyaml ends it (`[&a: b]`
+            // holds a pair).
+            i += 1;
+            while i < line.len() && is_anchor_char(line[i]) {
+                i += 1;
+            }
+            return Ok(i);
+        }
+        if self.flow_node_start && b == b'!' {
+            // Tag: a node still follows.
             while i < line.len() && !is_blank(line[i]) && !is_flow_indicator(line[i]) {
                 i += 1;
             }
@@ -697,6 +728,17 @@ mod tests {
         // `- key: |` belongs to the mapping at column 2, so column 2 ends the scalar.
         let text = "- k: |\n    t\n  c: [[1]]\n";
         assert_eq!(depth(text), 4);
+    }
+
+    #[test]
+    fn an_anchor_ends_where_libyaml_ends_it() {
+        // Found by the config fuzz target: `&a:` is an anchored empty key, so the sequence
+        // under it and the single-pair mappings in it are levels (libyaml builds 5).
+        let text = "a:\n / 1a:\n ?\n 1a:\n  &a:\n   - &-Api-K0aut_ms_listen\n   - &-Api-K0a:\n   - &-Api-Kepi-K0a:\n   - &-Api-Ke";
+        assert!(depth(text) >= 4, "counted {}", depth(text));
+        // A key after an anchor starts at the anchor: the next line's indentation keeps it.
+        assert_eq!(depth("&x key:\n  - a: b\n"), 3);
+        assert_eq!(depth("[&a: b]"), 2);
     }
 
     #[test]
