@@ -40,8 +40,7 @@ use prometheus::{IntCounter, IntGauge, Registry};
 use rand::Rng;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::RedisError;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -338,14 +337,14 @@ impl Message {
         }
     }
 
-    /// The JSON notifications receives.
-    fn body(&self) -> Value {
-        json!({
-            "reservationId": self.reservation_id.as_deref().unwrap_or_default(),
-            "userEmail": self.user_email,
-            "kind": self.kind,
-            "message": self.message,
-        })
+    /// What notifications receives, borrowed from the message (serialized straight from it).
+    fn body(&self) -> NotificationBody<'_> {
+        NotificationBody {
+            reservation_id: self.reservation_id.as_deref().unwrap_or_default(),
+            user_email: &self.user_email,
+            kind: &self.kind,
+            message: &self.message,
+        }
     }
 
     /// Age derived from the entry id's millisecond timestamp (0 if unparsable).
@@ -365,6 +364,22 @@ impl Message {
         }
         Duration::from_millis(now.saturating_sub(ms))
     }
+}
+
+/// One notification as `POST /notifications` (and each batch item) takes it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NotificationBody<'a> {
+    reservation_id: &'a str,
+    user_email: &'a str,
+    kind: &'a str,
+    message: &'a str,
+}
+
+/// `POST /notifications/batch`.
+#[derive(Debug, Serialize)]
+struct BatchBody<'a> {
+    notifications: Vec<NotificationBody<'a>>,
 }
 
 /// Result of delivering one entry.
@@ -390,6 +405,20 @@ enum Attempt {
     Ok,
     Transient(String),
     Permanent(String),
+}
+
+impl Attempt {
+    /// What an answer with `status` means for a message (`detail`: the rejection's text): 2xx
+    /// delivered, 400/413/422 never deliverable, anything else worth retrying.
+    fn of(status: reqwest::StatusCode, detail: &str) -> Self {
+        if status.is_success() {
+            Attempt::Ok
+        } else if is_rejection(status) {
+            Attempt::Permanent(format!("HTTP {status}: {detail}"))
+        } else {
+            Attempt::Transient(format!("HTTP {status}"))
+        }
+    }
 }
 
 /// What every stream's loop shares.
@@ -776,8 +805,9 @@ impl Worker {
     /// One `POST /notifications/batch`; an attempt per message, in order.
     async fn post_batch(&self, messages: &[&Message]) -> Vec<Attempt> {
         let all = |a: Attempt| vec![a; messages.len()];
-        let items: Vec<Value> = messages.iter().map(|m| m.body()).collect();
-        let body = json!({ "notifications": items });
+        let body = BatchBody {
+            notifications: messages.iter().map(|m| m.body()).collect(),
+        };
         let resp = match self.http.post(&self.batch_url).json(&body).send().await {
             Ok(resp) => resp,
             Err(e) => return all(Attempt::Transient(e.to_string())),
@@ -810,14 +840,12 @@ impl Worker {
         match self.http.post(&self.url).json(&m.body()).send().await {
             Ok(resp) => {
                 let status = resp.status();
-                if status.is_success() {
-                    Attempt::Ok
-                } else if is_rejection(status) {
-                    let text = resp.text().await.unwrap_or_default();
-                    Attempt::Permanent(format!("HTTP {status}: {text}"))
+                let text = if is_rejection(status) {
+                    resp.text().await.unwrap_or_default()
                 } else {
-                    Attempt::Transient(format!("HTTP {status}"))
-                }
+                    String::new()
+                };
+                Attempt::of(status, &text)
             }
             Err(e) => Attempt::Transient(e.to_string()),
         }
@@ -843,11 +871,8 @@ struct ItemResult {
 impl ItemResult {
     fn attempt(&self) -> Attempt {
         match reqwest::StatusCode::from_u16(self.status) {
-            Ok(s) if s.is_success() => Attempt::Ok,
-            Ok(s) if is_rejection(s) => {
-                Attempt::Permanent(format!("HTTP {s}: {} {}", self.error, self.message))
-            }
-            _ => Attempt::Transient(format!("item status {}", self.status)),
+            Ok(s) => Attempt::of(s, &format!("{} {}", self.error, self.message)),
+            Err(_) => Attempt::Transient(format!("item status {}", self.status)),
         }
     }
 }
