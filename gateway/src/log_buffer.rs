@@ -113,6 +113,27 @@ impl Write for Line {
     }
 }
 
+/// Appends one info line, made by `line`, to the current thread's buffer (written out when full),
+/// formatted in place: no copy of the line on its way.
+pub fn append(line: impl FnOnce(&mut Vec<u8>)) {
+    let mut line = Some(line);
+    let appended = LOCAL.try_with(|local| {
+        let mut buffer = local.0.lock();
+        if let Some(make) = line.take() {
+            make(&mut buffer);
+        }
+        if buffer.len() >= BUFFER_BYTES {
+            let _ = write_out(&mut buffer);
+        }
+    });
+    if let (Err(_), Some(make)) = (appended, line) {
+        // The thread is ending and its buffer is gone: write the line itself.
+        let mut own = Vec::new();
+        make(&mut own);
+        let _ = io::stderr().lock().write_all(&own);
+    }
+}
+
 impl<'a> MakeWriter<'a> for BufferedStderr {
     type Writer = Line;
 

@@ -19,14 +19,17 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// writes out what is left when `main` returns.
 fn init_logging(format: LogFormat) -> gateway::log_buffer::FlushGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(gateway::log_buffer::BufferedStderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    // Plain text lines: the access log formats its own, byte for byte the same (access_log.rs).
+    gateway::access_log::set_direct(format == LogFormat::Text && !ansi);
     gateway::log_buffer::start()
 }
 
