@@ -266,6 +266,17 @@ impl Metrics {
         }
     }
 
+    /// The attempt counters of `upstream`'s servers (`labels`, in pool order), resolved on first
+    /// use; built with each snapshot like [`RouteMetrics`].
+    pub fn attempts(&self, upstream: &str, labels: Vec<Box<str>>) -> AttemptMetrics {
+        AttemptMetrics {
+            upstream: upstream.into(),
+            family: self.upstream_requests.clone(),
+            cells: labels.iter().map(|_| Default::default()).collect(),
+            servers: labels,
+        }
+    }
+
     /// The Prometheus text exposition: the registry plus the upstream gauges from `upstreams`.
     pub fn render(&self, upstreams: &UpstreamsStatus) -> String {
         let mut buf = Vec::with_capacity(16 * 1024);
@@ -313,6 +324,36 @@ impl RouteMetrics {
     fn counter(&self, status: usize) -> IntCounter {
         self.requests
             .with_label_values(&[&*self.route, status.to_string().as_str()])
+    }
+}
+
+/// `gateway_upstream_requests_total{upstream,server,outcome}` of one upstream's servers, resolved
+/// once per (server, outcome) rather than by hashing three labels under the family's lock for
+/// every attempt.
+#[derive(Debug)]
+pub struct AttemptMetrics {
+    upstream: Box<str>,
+    family: IntCounterVec,
+    /// Server labels, by pool index.
+    servers: Vec<Box<str>>,
+    /// By pool index, then outcome (the index into [`AttemptMetrics::count`]'s `outcomes`).
+    cells: Box<[[OnceLock<IntCounter>; 3]]>,
+}
+
+impl AttemptMetrics {
+    /// Counts one attempt on server `index` that ended as `outcomes[outcome]`; `outcomes` are
+    /// the three outcome labels, always in the same order.
+    pub fn count(&self, index: usize, outcome: usize, outcomes: &[&str; 3]) {
+        let resolve = || {
+            let server = self.servers.get(index).map_or("-", |s| &**s);
+            let label = outcomes.get(outcome).copied().unwrap_or("-");
+            self.family
+                .with_label_values(&[&*self.upstream, server, label])
+        };
+        match self.cells.get(index).and_then(|c| c.get(outcome)) {
+            Some(cell) => cell.get_or_init(resolve).inc(),
+            None => resolve().inc(),
+        }
     }
 }
 

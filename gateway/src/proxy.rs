@@ -208,7 +208,7 @@ impl RequestCtx {
     /// Ends the current attempt with `outcome` (once): its server's health (passive checks,
     /// ejection) and `gateway_upstream_requests_total`. The breaker is not touched: a failed
     /// connect may still be retried on another server.
-    fn end_attempt(&mut self, state: &State, outcome: Outcome) {
+    fn end_attempt(&mut self, outcome: Outcome) {
         let (Some(snap), Some(r)) = (self.snapshot.as_deref(), self.route) else {
             return;
         };
@@ -219,20 +219,16 @@ impl RequestCtx {
             return;
         }
         attempt.reported = true;
-        snap.routes[r].pool.report(attempt.index, outcome);
-        let upstream = snap.config.routes[r].upstream.as_str();
-        let server = self.upstream.server.as_deref().unwrap_or("-");
-        state
-            .metrics
-            .upstream_requests
-            .with_label_values(&[upstream, server, outcome_label(outcome)])
-            .inc();
+        let rt = &snap.routes[r];
+        rt.pool.report(attempt.index, outcome);
+        rt.attempts
+            .count(attempt.index, outcome as usize, &OUTCOME_LABELS);
     }
 
     /// Settles the request with its final `outcome`, whichever hook knows it first: the current
     /// attempt (if not yet reported) and the breaker permit. Later calls change nothing.
-    fn settle(&mut self, state: &State, outcome: Outcome) {
-        self.end_attempt(state, outcome);
+    fn settle(&mut self, outcome: Outcome) {
+        self.end_attempt(outcome);
         if let Some(permit) = self.admission.breaker.take() {
             outcome.settle(permit);
         }
@@ -271,13 +267,14 @@ impl RequestCtx {
     }
 }
 
-fn outcome_label(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Success => "success",
-        Outcome::Failure => "failure",
-        Outcome::Neutral => "neutral",
-    }
-}
+/// The `outcome` label of an attempt, by `Outcome as usize`.
+const OUTCOME_LABELS: [&str; 3] = {
+    let mut labels = [""; 3];
+    labels[Outcome::Success as usize] = "success";
+    labels[Outcome::Failure as usize] = "failure";
+    labels[Outcome::Neutral as usize] = "neutral";
+    labels
+};
 
 /// A client-supplied `X-Request-Id` is kept when it is short and printable; otherwise a UUID v4.
 fn request_id(req: &RequestHeader) -> HeaderValue {
@@ -828,7 +825,7 @@ impl ProxyHttp for Gateway {
             // The gateway's own shortage (EMFILE...): nothing about the server, and another
             // server would fail the same way. Answer 503 at once, charge no one.
             kind.record();
-            ctx.end_attempt(&self.state, Outcome::Neutral);
+            ctx.end_attempt(Outcome::Neutral);
             ctx.ending.failure = Some(Failure::LocalResource);
             e.set_retry(false);
             return e;
@@ -836,7 +833,7 @@ impl ProxyHttp for Gateway {
         // Nothing was sent: safe to try another server while `retries` allow. Only connect
         // failures mark a server as tried: a stale pooled connection that Pingora retries on a
         // fresh one (idempotent requests only) may go to the same server again.
-        ctx.end_attempt(&self.state, Outcome::Failure);
+        ctx.end_attempt(Outcome::Failure);
         if let Some(attempt) = ctx.upstream.current.take() {
             // A server that refuses connections is probably gone: check it now rather than
             // at the next interval, so it leaves selection after `fall` quick checks.
@@ -919,7 +916,7 @@ impl ProxyHttp for Gateway {
             Some((snap, r)) => snap.routes[r].pool.outcome_for_status(status),
             None => Outcome::Neutral,
         };
-        ctx.settle(&self.state, outcome);
+        ctx.settle(outcome);
         Ok(())
     }
 
@@ -982,7 +979,7 @@ impl ProxyHttp for Gateway {
             ctx.ending.failure = Some(Failure::ClientTimeout);
         }
         let outcome = ctx.outcome_of(e);
-        ctx.settle(&self.state, outcome);
+        ctx.settle(outcome);
         if let Some(status) = final_status(session) {
             // Headers already went out: the only honest thing left is to close.
             return FailToProxy {
@@ -1020,7 +1017,7 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         // Settle whatever is still open (client gone, deadline inside the body...).
         let outcome = e.map_or(Outcome::Neutral, |err| ctx.outcome_of(err));
-        ctx.settle(&self.state, outcome);
+        ctx.settle(outcome);
 
         let status = final_status(session)
             .or(ctx.ending.local_status)

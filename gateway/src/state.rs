@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use crate::client::connections::{auto_max_connections, ConnectionCounter};
 use crate::config::model::GatewayConfig;
 use crate::limit::{ConnZone, LimitStore, ReqZone, Zones};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{AttemptMetrics, Metrics, RouteMetrics};
 use crate::upstream::{UpstreamPool, Upstreams};
 
 /// One configuration generation, with every name a request needs already looked up.
@@ -42,6 +42,8 @@ pub struct RouteRuntime {
     pub cluster: bool,
     /// The route's request counters and duration histogram.
     pub metrics: RouteMetrics,
+    /// The attempt counters of the route's upstream servers.
+    pub attempts: AttemptMetrics,
 }
 
 /// The outcome of the last SIGHUP reload, for `/status`.
@@ -217,9 +219,13 @@ fn build_snapshot(
             .pool(&route.upstream)
             .ok_or_else(|| SnapshotError(format!("upstream {:?} missing", route.upstream)))?;
         let cluster = req_zones.iter().any(|z| z.is_cluster());
+        let servers = (0..pool.len())
+            .map(|i| pool.server_name(i).unwrap_or("-").into())
+            .collect();
         routes.push(RouteRuntime {
             cluster,
             metrics: metrics.route(&route.path_prefix),
+            attempts: metrics.attempts(&route.upstream, servers),
             req_zones,
             conn_zones,
             pool,
