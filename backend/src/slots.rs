@@ -72,12 +72,14 @@ fn find_tag(g: Group) -> String {
         .unwrap_or_else(|| unreachable!("CRC16 covers every slot range"))
 }
 
-/// A fresh random 32-hex-digit id whose slot falls in group `g` (about [`GROUPS`] draws).
+/// A fresh random 32-hex-digit id whose slot falls in group `g` (about [`GROUPS`] draws, each
+/// written on the stack: only the id kept is allocated).
 pub fn new_id_in_group(g: Group) -> String {
+    let mut text = [0u8; uuid::fmt::Simple::LENGTH];
     loop {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        if group_of_id(&id) == g % GROUPS {
-            return id;
+        let id = uuid::Uuid::new_v4().simple().encode_lower(&mut text);
+        if group_of_id(id) == g % GROUPS {
+            return id.to_owned();
         }
     }
 }

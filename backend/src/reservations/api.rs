@@ -208,7 +208,10 @@ pub async fn create_reservation(
         .transpose()?;
     // The saga runs in its own task: a client hanging up must not abort it half-way.
     let saga = s.saga.clone();
-    let task = tokio::spawn(async move { saga.reserve(req, idem).await }.in_current_span());
+    // Boxed: the saga's future is large, and a boxed one is moved into the task as a pointer
+    // rather than copied whole several times on the way (memmove was 7 % of a profile).
+    let task =
+        tokio::spawn(Box::pin(async move { saga.reserve(req, idem).await }).in_current_span());
     let result = task
         .await
         .map_err(|e| ApiError::internal(format!("reservation task failed: {e}")))?;
@@ -329,7 +332,7 @@ pub async fn cancel_reservation(
         return Err(reservation_not_found(&res_id));
     }
     let saga = s.saga.clone();
-    let task = tokio::spawn(async move { saga.cancel(&res_id).await }.in_current_span());
+    let task = tokio::spawn(Box::pin(async move { saga.cancel(&res_id).await }).in_current_span());
     let view = task
         .await
         .map_err(|e| ApiError::internal(format!("cancel task failed: {e}")))?
