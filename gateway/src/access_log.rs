@@ -11,11 +11,10 @@
 //! JSON output and a terminal (colours) go through `tracing` as before.
 
 use std::fmt;
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::Level;
 
@@ -73,7 +72,6 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
 }
 
-/// Writes the line.
 /// Whether lines are formatted here ([`set_direct`]) rather than by the `tracing` subscriber.
 static DIRECT: AtomicBool = AtomicBool::new(false);
 
@@ -219,18 +217,8 @@ fn push_debug_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// `n` in decimal.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `ms` as `{:?}` writes it. A duration is whole microseconds over 1000 (see `logging()`),
@@ -271,37 +259,34 @@ thread_local! {
 
 /// `now` as `tracing-subscriber`'s `SystemTime` timer writes it (RFC 3339, UTC, microseconds).
 fn write_timestamp(out: &mut Vec<u8>, now: SystemTime) {
-    let Ok(since) = now.duration_since(UNIX_EPOCH) else {
-        // A clock before 1970: not worth a fast path.
+    let cached = now.duration_since(UNIX_EPOCH).ok().and_then(|since| {
+        SECOND.with_borrow_mut(|(second, text)| {
+            if *second != since.as_secs() {
+                let at = chrono::DateTime::<chrono::Utc>::from(
+                    UNIX_EPOCH + Duration::from_secs(since.as_secs()),
+                );
+                // Not 20 bytes for a year outside 0..=9999: no cache then.
+                *text = at
+                    .format("%Y-%m-%dT%H:%M:%S.")
+                    .to_string()
+                    .as_bytes()
+                    .try_into()
+                    .ok()?;
+                *second = since.as_secs();
+            }
+            out.extend_from_slice(text);
+            push_micros(out, since.subsec_micros());
+            Some(())
+        })
+    });
+    if cached.is_none() {
         let at = chrono::DateTime::<chrono::Utc>::from(now);
         let _ = write!(
             out,
             "{}",
             at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
         );
-        return;
-    };
-    let secs = since.as_secs();
-    SECOND.with_borrow_mut(|(second, text)| {
-        if *second != secs {
-            let mut s = String::with_capacity(20);
-            let at = chrono::DateTime::<chrono::Utc>::from(
-                UNIX_EPOCH + std::time::Duration::from_secs(secs),
-            );
-            let _ = write!(s, "{}", at.format("%Y-%m-%dT%H:%M:%S."));
-            if s.len() == text.len() {
-                text.copy_from_slice(s.as_bytes());
-                *second = secs;
-            } else {
-                // A year past 9999: stamp this line without the cache.
-                out.extend_from_slice(s.as_bytes());
-                push_micros(out, since.subsec_micros());
-                return;
-            }
-        }
-        out.extend_from_slice(text);
-        push_micros(out, since.subsec_micros());
-    });
+    }
 }
 
 /// The six digits of the fraction and the `Z`.

@@ -11,7 +11,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::upstream::UpstreamsStatus;
+use crate::upstream::{Outcome, UpstreamsStatus};
 
 /// Every metric the gateway records itself.
 #[derive(Debug, Clone)]
@@ -336,21 +336,24 @@ pub struct AttemptMetrics {
     family: IntCounterVec,
     /// Server labels, by pool index.
     servers: Vec<Box<str>>,
-    /// By pool index, then outcome (the index into [`AttemptMetrics::count`]'s `outcomes`).
+    /// By pool index, then outcome (`Outcome as usize`).
     cells: Box<[[OnceLock<IntCounter>; 3]]>,
 }
 
 impl AttemptMetrics {
-    /// Counts one attempt on server `index` that ended as `outcomes[outcome]`; `outcomes` are
-    /// the three outcome labels, always in the same order.
-    pub fn count(&self, index: usize, outcome: usize, outcomes: &[&str; 3]) {
+    /// Counts one attempt on server `index` that ended with `outcome`.
+    pub fn count(&self, index: usize, outcome: Outcome) {
         let resolve = || {
             let server = self.servers.get(index).map_or("-", |s| &**s);
-            let label = outcomes.get(outcome).copied().unwrap_or("-");
+            let label = match outcome {
+                Outcome::Success => "success",
+                Outcome::Failure => "failure",
+                Outcome::Neutral => "neutral",
+            };
             self.family
                 .with_label_values(&[&*self.upstream, server, label])
         };
-        match self.cells.get(index).and_then(|c| c.get(outcome)) {
+        match self.cells.get(index).and_then(|c| c.get(outcome as usize)) {
             Some(cell) => cell.get_or_init(resolve).inc(),
             None => resolve().inc(),
         }

@@ -221,8 +221,7 @@ impl RequestCtx {
         attempt.reported = true;
         let rt = &snap.routes[r];
         rt.pool.report(attempt.index, outcome);
-        rt.attempts
-            .count(attempt.index, outcome as usize, &OUTCOME_LABELS);
+        rt.attempts.count(attempt.index, outcome);
     }
 
     /// Settles the request with its final `outcome`, whichever hook knows it first: the current
@@ -266,15 +265,6 @@ impl RequestCtx {
         }
     }
 }
-
-/// The `outcome` label of an attempt, by `Outcome as usize`.
-const OUTCOME_LABELS: [&str; 3] = {
-    let mut labels = [""; 3];
-    labels[Outcome::Success as usize] = "success";
-    labels[Outcome::Failure as usize] = "failure";
-    labels[Outcome::Neutral as usize] = "neutral";
-    labels
-};
 
 /// A client-supplied `X-Request-Id` is kept when it is short and printable; otherwise a UUID v4.
 fn request_id(req: &RequestHeader) -> HeaderValue {
