@@ -12,6 +12,10 @@
 //! same thread, so a thread's lines keep their order); lines of different threads may interleave
 //! at buffer granularity. Lines buffered when the process is killed with SIGKILL are lost (at
 //! most one flush interval's worth); every normal exit flushes them (see [`FlushGuard`]).
+//!
+//! An idle gateway does not wake the flusher: when a round finds every buffer empty, the flusher
+//! waits until a line is buffered again (one atomic load per line tells the writer whether to
+//! wake it), then resumes its rounds.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +23,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -69,11 +73,52 @@ fn write_out(buffer: &mut Vec<u8>) -> io::Result<()> {
     result
 }
 
-/// Writes out every thread's buffer.
-fn flush_all() {
+/// Writes out every thread's buffer; whether any held a line.
+fn flush_all() -> bool {
     let buffers: Vec<Buffer> = BUFFERS.lock().clone();
+    let mut wrote = false;
     for b in buffers {
-        let _ = write_out(&mut b.lock());
+        let mut buffer = b.lock();
+        wrote |= !buffer.is_empty();
+        let _ = write_out(&mut buffer);
+    }
+    wrote
+}
+
+/// The flusher is waiting for a line (set and cleared under [`IDLE_LOCK`]).
+static FLUSHER_IDLE: AtomicBool = AtomicBool::new(false);
+static IDLE_LOCK: Mutex<()> = Mutex::new(());
+static IDLE_WAKE: Condvar = Condvar::new();
+
+/// Called after a line was buffered: wakes the flusher if it waits for one.
+fn line_buffered() {
+    if FLUSHER_IDLE.load(Ordering::SeqCst) {
+        wake_flusher();
+    }
+}
+
+fn wake_flusher() {
+    let _held = IDLE_LOCK.lock();
+    FLUSHER_IDLE.store(false, Ordering::SeqCst);
+    IDLE_WAKE.notify_all();
+}
+
+/// One round of the flusher: write out every buffer, and when all were empty wait (without a
+/// timeout) until a line is buffered or `stop` is set.
+fn flush_round(stop: &AtomicBool) {
+    if flush_all() {
+        return;
+    }
+    let mut held = IDLE_LOCK.lock();
+    // Idle is announced before the last look, under the lock a writer takes to wake us: a
+    // line buffered after that look sees the flag and waits for the lock until we wait.
+    FLUSHER_IDLE.store(true, Ordering::SeqCst);
+    if flush_all() {
+        FLUSHER_IDLE.store(false, Ordering::SeqCst);
+        return;
+    }
+    while FLUSHER_IDLE.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+        IDLE_WAKE.wait(&mut held);
     }
 }
 
@@ -98,6 +143,8 @@ impl Write for Line {
             if immediate || buffer.len() >= BUFFER_BYTES {
                 write_out(&mut buffer)
             } else {
+                drop(buffer);
+                line_buffered();
                 Ok(())
             }
         });
@@ -124,6 +171,9 @@ pub fn append(line: impl FnOnce(&mut Vec<u8>)) {
         }
         if buffer.len() >= BUFFER_BYTES {
             let _ = write_out(&mut buffer);
+        } else {
+            drop(buffer);
+            line_buffered();
         }
     });
     if let (Err(_), Some(make)) = (appended, line) {
@@ -162,9 +212,9 @@ pub fn start() -> FlushGuard {
     let flusher = std::thread::Builder::new()
         .name("gateway-log".into())
         .spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
+            while !flag.load(Ordering::SeqCst) {
                 std::thread::sleep(FLUSH_INTERVAL);
-                flush_all();
+                flush_round(&flag);
             }
         })
         .map_err(|e| eprintln!("gateway: log flusher thread not started ({e}); lines are written when a buffer fills"))
@@ -174,7 +224,8 @@ pub fn start() -> FlushGuard {
 
 impl Drop for FlushGuard {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::SeqCst);
+        wake_flusher();
         if let Some(t) = self.flusher.take() {
             let _ = t.join();
         }
@@ -186,12 +237,16 @@ impl Drop for FlushGuard {
 mod tests {
     use super::*;
 
+    /// The tests share the registry and the flusher handshake: one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     fn buffered_here() -> usize {
         LOCAL.with(|l| l.0.lock().len())
     }
 
     #[test]
     fn info_lines_wait_in_the_thread_buffer_and_a_warning_takes_them_out() {
+        let _serial = SERIAL.lock();
         std::thread::spawn(|| {
             Line { immediate: false }.write_all(b"info line\n").unwrap();
             assert_eq!(buffered_here(), 10);
@@ -204,6 +259,7 @@ mod tests {
 
     #[test]
     fn a_full_buffer_is_written_by_its_thread() {
+        let _serial = SERIAL.lock();
         std::thread::spawn(|| {
             let line = vec![b'x'; 1000];
             let mut w = BufferedStderr.make_writer();
@@ -218,6 +274,7 @@ mod tests {
 
     #[test]
     fn the_flusher_empties_every_buffer_and_an_ended_thread_leaves_the_registry() {
+        let _serial = SERIAL.lock();
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
@@ -232,5 +289,61 @@ mod tests {
         done_tx.send(()).unwrap();
         t.join().unwrap();
         assert!(!BUFFERS.lock().iter().any(|b| Arc::ptr_eq(b, &buffer)));
+    }
+
+    #[test]
+    fn an_idle_flusher_waits_for_a_line_and_a_buffered_line_wakes_it() {
+        let _serial = SERIAL.lock();
+        flush_all();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let flag = Arc::clone(&stop);
+        let flusher = std::thread::spawn(move || {
+            flush_round(&flag);
+            done_tx.send(()).unwrap();
+        });
+        // Nothing buffered: the round waits (bounded look, then the wake-up test).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !FLUSHER_IDLE.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            FLUSHER_IDLE.load(Ordering::SeqCst),
+            "the round did not go idle"
+        );
+        assert!(
+            done_rx.try_recv().is_err(),
+            "an idle round returned without a line"
+        );
+        let buffer = std::thread::spawn(|| {
+            append(|out| out.extend_from_slice(b"woke\n"));
+            LOCAL.with(|l| Arc::clone(&l.0))
+        })
+        .join()
+        .unwrap();
+        done_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a buffered line wakes the idle flusher");
+        flusher.join().unwrap();
+        assert!(!FLUSHER_IDLE.load(Ordering::SeqCst));
+        // The next round writes it out (the ended thread's buffer was written when it ended).
+        flush_all();
+        assert!(buffer.lock().is_empty());
+    }
+
+    #[test]
+    fn stopping_wakes_an_idle_flusher() {
+        let _serial = SERIAL.lock();
+        flush_all();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let flusher = std::thread::spawn(move || flush_round(&flag));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !FLUSHER_IDLE.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        stop.store(true, Ordering::SeqCst);
+        wake_flusher();
+        flusher.join().unwrap();
     }
 }
