@@ -305,12 +305,16 @@ pub async fn run(args: NotificationsArgs) -> anyhow::Result<()> {
 async fn create(State(st): State<NotificationsState>, body: Bytes) -> Result<Response, ApiError> {
     let n = NewNotification::parse(&body)?;
     let (record, new) = st.record(n);
-    let status = if new {
+    Ok((delivered_status(new), Json(record)).into_response())
+}
+
+/// 201 for a notification recorded now, 200 for a repeat of one already recorded.
+fn delivered_status(new: bool) -> StatusCode {
+    if new {
         StatusCode::CREATED
     } else {
         StatusCode::OK
-    };
-    Ok((status, Json(record)).into_response())
+    }
 }
 
 async fn create_batch(
@@ -322,8 +326,7 @@ async fn create_batch(
         .map(|item| match item {
             Ok(n) => {
                 let (record, new) = st.record(n);
-                let status = if new { 201 } else { 200 };
-                json!({"status": status, "notificationId": record.notification_id})
+                json!({"status": delivered_status(new).as_u16(), "notificationId": record.notification_id})
             }
             Err(e) => {
                 let mut v = e.body();
