@@ -408,13 +408,14 @@ enum Attempt {
 }
 
 impl Attempt {
-    /// What an answer with `status` means for a message (`detail`: the rejection's text): 2xx
-    /// delivered, 400/413/422 never deliverable, anything else worth retrying.
-    fn of(status: reqwest::StatusCode, detail: &str) -> Self {
+    /// What an answer with `status` means for a message (`detail`: the rejection's text, made
+    /// only for a rejection): 2xx delivered, 400/413/422 never deliverable, anything else worth
+    /// retrying.
+    fn of(status: reqwest::StatusCode, detail: impl FnOnce() -> String) -> Self {
         if status.is_success() {
             Attempt::Ok
         } else if is_rejection(status) {
-            Attempt::Permanent(format!("HTTP {status}: {detail}"))
+            Attempt::Permanent(format!("HTTP {status}: {}", detail()))
         } else {
             Attempt::Transient(format!("HTTP {status}"))
         }
@@ -845,7 +846,7 @@ impl Worker {
                 } else {
                     String::new()
                 };
-                Attempt::of(status, &text)
+                Attempt::of(status, || text)
             }
             Err(e) => Attempt::Transient(e.to_string()),
         }
@@ -871,7 +872,7 @@ struct ItemResult {
 impl ItemResult {
     fn attempt(&self) -> Attempt {
         match reqwest::StatusCode::from_u16(self.status) {
-            Ok(s) => Attempt::of(s, &format!("{} {}", self.error, self.message)),
+            Ok(s) => Attempt::of(s, || format!("{} {}", self.error, self.message)),
             Err(_) => Attempt::Transient(format!("item status {}", self.status)),
         }
     }

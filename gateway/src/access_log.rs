@@ -50,8 +50,8 @@ impl fmt::Display for LimiterNote<'_> {
 pub struct Entry<'a> {
     /// `X-Request-Id`.
     pub request_id: &'a str,
-    /// Client IP (after trusted proxies).
-    pub client_ip: Option<IpAddr>,
+    /// Client IP (after trusted proxies) as text, formatted once by the caller.
+    pub client_ip: Option<&'a str>,
     /// Method.
     pub method: &'a str,
     /// Path (without query).
@@ -98,7 +98,7 @@ fn write_via_tracing(e: &Entry<'_>) {
     tracing::info!(
         target: "access",
         request_id = e.request_id,
-        client_ip = %DisplayOpt(e.client_ip.as_ref()),
+        client_ip = %e.client_ip.unwrap_or("-"),
         method = e.method,
         path = e.path,
         route = e.route,
@@ -135,9 +135,10 @@ pub struct EarlyEntry<'a> {
 /// Writes the line for an early answer: the same fields as [`write`], route `none`, the reason
 /// as the error.
 pub fn write_early(e: &EarlyEntry<'_>) {
+    let client_ip = e.client_ip.map(|ip| ip.to_string());
     write(&Entry {
         request_id: e.request_id,
-        client_ip: e.client_ip,
+        client_ip: client_ip.as_deref(),
         method: e.method,
         path: e.path,
         route: "none",
@@ -150,17 +151,6 @@ pub fn write_early(e: &EarlyEntry<'_>) {
     });
 }
 
-struct DisplayOpt<'a, T>(Option<&'a T>);
-
-impl<T: fmt::Display> fmt::Display for DisplayOpt<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str("-"),
-        }
-    }
-}
-
 /// Appends the line of `e` at `now` to `out` as `tracing-subscriber`'s default text format
 /// renders the event of [`write_via_tracing`]: strings as `Debug` (quoted, escaped), displayed
 /// values bare, a newline at the end.
@@ -169,12 +159,7 @@ fn write_text(out: &mut Vec<u8>, now: SystemTime, e: &Entry<'_>) {
     out.extend_from_slice(b"  INFO access: request request_id=");
     push_debug_str(out, e.request_id);
     out.extend_from_slice(b" client_ip=");
-    match e.client_ip {
-        Some(ip) => {
-            let _ = write!(out, "{ip}");
-        }
-        None => out.push(b'-'),
-    }
+    out.extend_from_slice(e.client_ip.unwrap_or("-").as_bytes());
     out.extend_from_slice(b" method=");
     push_debug_str(out, e.method);
     out.extend_from_slice(b" path=");
@@ -345,7 +330,7 @@ mod tests {
     fn entry<'a>() -> Entry<'a> {
         Entry {
             request_id: "792eb0ca-4821-419a-a8ef-160d481e0bc8",
-            client_ip: Some("127.0.0.1".parse().unwrap()),
+            client_ip: Some("127.0.0.1"),
             method: "GET",
             path: "/api/events",
             route: "/",
@@ -380,7 +365,7 @@ mod tests {
             });
         }
         cases.push(Entry {
-            client_ip: Some("::1".parse().unwrap()),
+            client_ip: Some("::1"),
             upstream_server: None,
             status: 0,
             limiter: LimiterNote::Rejected("per_ip"),

@@ -136,23 +136,7 @@ pub struct Line {
 
 impl Write for Line {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let immediate = self.immediate;
-        let appended = LOCAL.try_with(|local| {
-            let mut buffer = local.0.lock();
-            buffer.extend_from_slice(line);
-            if immediate || buffer.len() >= BUFFER_BYTES {
-                write_out(&mut buffer)
-            } else {
-                drop(buffer);
-                line_buffered();
-                Ok(())
-            }
-        });
-        match appended {
-            Ok(result) => result.map(|()| line.len()),
-            // The thread is ending and its buffer is gone: write the line itself.
-            Err(_) => io::stderr().lock().write_all(line).map(|()| line.len()),
-        }
+        buffer_line(self.immediate, |buffer| buffer.extend_from_slice(line)).map(|()| line.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -163,24 +147,35 @@ impl Write for Line {
 /// Appends one info line, made by `line`, to the current thread's buffer (written out when full),
 /// formatted in place: no copy of the line on its way.
 pub fn append(line: impl FnOnce(&mut Vec<u8>)) {
-    let mut line = Some(line);
+    let _ = buffer_line(false, line);
+}
+
+/// Makes a line with `make` at the end of the current thread's buffer; writes the buffer out
+/// when `immediate` or full, else tells an idle flusher there is a line.
+fn buffer_line(immediate: bool, make: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+    let mut make = Some(make);
     let appended = LOCAL.try_with(|local| {
         let mut buffer = local.0.lock();
-        if let Some(make) = line.take() {
+        if let Some(make) = make.take() {
             make(&mut buffer);
         }
-        if buffer.len() >= BUFFER_BYTES {
-            let _ = write_out(&mut buffer);
+        if immediate || buffer.len() >= BUFFER_BYTES {
+            write_out(&mut buffer)
         } else {
             drop(buffer);
             line_buffered();
+            Ok(())
         }
     });
-    if let (Err(_), Some(make)) = (appended, line) {
+    match (appended, make) {
+        (Ok(result), _) => result,
         // The thread is ending and its buffer is gone: write the line itself.
-        let mut own = Vec::new();
-        make(&mut own);
-        let _ = io::stderr().lock().write_all(&own);
+        (Err(_), Some(make)) => {
+            let mut own = Vec::new();
+            make(&mut own);
+            io::stderr().lock().write_all(&own)
+        }
+        (Err(_), None) => Ok(()),
     }
 }
 

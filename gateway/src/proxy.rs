@@ -157,6 +157,9 @@ pub struct RequestCtx {
     peer_ip: Option<IpAddr>,
     /// The client after trusted proxies.
     client_ip: Option<IpAddr>,
+    /// `client_ip` (else `peer_ip`) as text, formatted once for `X-Real-IP`, `X-Forwarded-For`
+    /// and the access log ([`RequestCtx::client_text`]).
+    client_ip_text: Option<HeaderValue>,
     /// The route's whole-request deadline.
     deadline: Option<Instant>,
     /// The normalized path, when it differs from what the client sent (forwarded instead).
@@ -176,6 +179,14 @@ impl RequestCtx {
         self.deadline.map_or(Duration::MAX, |d| {
             d.saturating_duration_since(Instant::now())
         })
+    }
+
+    /// The client's address as text (`client_ip`, else `peer_ip`), formatted on first use.
+    fn client_text(&mut self) -> Option<HeaderValue> {
+        if self.client_ip_text.is_none() {
+            self.client_ip_text = self.client_ip.or(self.peer_ip).map(ip_value);
+        }
+        self.client_ip_text.clone()
     }
 
     /// The request id as text (it is printable ASCII by construction).
@@ -503,6 +514,7 @@ impl ProxyHttp for Gateway {
             request_id: HeaderValue::from_static(""),
             peer_ip: None,
             client_ip: None,
+            client_ip_text: None,
             deadline: None,
             upstream_path: None,
             admission: Admission::default(),
@@ -858,7 +870,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         // Each address is formatted once: `X-Real-IP` and the `X-Forwarded-For` entry this hop
         // adds share the text when the client is the socket peer.
-        let client = ctx.client_ip.map(ip_value);
+        let client = match ctx.client_ip {
+            Some(_) => ctx.client_text(),
+            None => None,
+        };
         let peer = match (ctx.peer_ip, ctx.client_ip, &client) {
             (Some(p), Some(c), Some(text)) if p == c => text.clone(),
             (Some(p), _, _) => ip_value(p),
@@ -1014,6 +1029,7 @@ impl ProxyHttp for Gateway {
             .unwrap_or(0);
         ctx.count(&self.state, status);
 
+        let client_text = ctx.client_text();
         let route_label: &str = match ctx.route_rt() {
             Some((s, r)) => s.config.routes[r].path_prefix.as_str(),
             None => ctx.route_label,
@@ -1025,7 +1041,7 @@ impl ProxyHttp for Gateway {
         };
         access_log::write(&access_log::Entry {
             request_id: ctx.request_id(),
-            client_ip: ctx.client_ip.or(ctx.peer_ip),
+            client_ip: client_text.as_ref().and_then(|v| v.to_str().ok()),
             method: req.method.as_str(),
             path: req.uri.path(),
             route: route_label,

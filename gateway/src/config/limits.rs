@@ -340,8 +340,7 @@ impl Scanner {
                 b'-' | b'?' | b':' if blank_after(line, i) => {
                     let kind = if b == b'-' { Kind::Dash } else { Kind::Key };
                     // `&a: v`: an empty key with an anchor, starting at the anchor.
-                    let col = if b == b':' { props_at.take() } else { None };
-                    props_at = None;
+                    let col = props_at.take().filter(|_| b == b':');
                     self.push_block(col.unwrap_or(i), kind)?;
                     i += 1;
                 }

@@ -6,12 +6,12 @@
 //! Passes when: every answer was a success, a 429, or a 503 `inventory_unavailable` (or
 //! `payment_unavailable`: a charge's ledger entry shares its reservation's shard) with
 //! `Retry-After` (never another 5xx or a dropped connection), fast once the shard's breakers
-//! are open (p95 of the 503s sent from 1.5 s after the node was down until the replica took over;
-//! 503s after the promotion are the clients' lag in finding the new master, reported apart and
-//! bounded by the next check); writes succeed again after the promotion by themselves (before the old master is back) and do not fail again while it
-//! rejoins as a replica; every saga of the event ends (none
-//! left `HELD`/`PAYMENT_PENDING`); and the audit finds no oversell and no net charge on a
-//! reservation that is not `CONFIRMED`.
+//! are open (p95 of the 503s sent from 1.5 s after the node was down until the replica took
+//! over; 503s after the promotion are the clients' lag in finding the new master, reported apart
+//! and bounded by the next check); writes succeed again after the promotion by themselves
+//! (before the old master is back) and do not fail again while it rejoins as a replica; every
+//! saga of the event ends (none left `HELD`/`PAYMENT_PENDING`); and the audit finds no oversell
+//! and no net charge on a reservation that is not `CONFIRMED`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
