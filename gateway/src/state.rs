@@ -173,6 +173,7 @@ impl crate::client::deadline::ConnectionPolicy for State {
             header_timeout: snap.config.client.header_timeout,
             max_header_bytes: snap.config.client.max_header_bytes,
             keepalive_requests: snap.config.client.keepalive_requests,
+            keepalive_timeout: snap.config.client.keepalive_timeout,
         }
     }
 

@@ -248,6 +248,42 @@ async fn an_idle_kept_alive_connection_is_closed_after_keepalive_timeout() {
     );
 }
 
+/// The idle limit runs from the end of each request, not from the first one: a connection
+/// whose requests come more often than `keepalive_timeout_ms` stays open past it (the gateway
+/// arms one timer per connection and moves it when it fires early), then closes once idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keepalive_timeout_counts_from_the_last_request() {
+    let up = TestUpstream::start("a").await;
+    let gw = GatewayProcess::start(&config(up.addr, "  keepalive_timeout_ms: 1000", "")).await;
+    let addr = gw.listen;
+    let (statuses, closed_at) = tokio::task::spawn_blocking(move || {
+        let mut conn = RawConn::connect(addr);
+        let mut statuses = Vec::new();
+        // 4 requests 600 ms apart: 1.8 s on one connection, never 1 s idle.
+        for i in 0..4 {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(600));
+            }
+            statuses.push(conn.get("/x", &[]).map(|r| r.status).unwrap_or(0));
+        }
+        let idle = Instant::now();
+        let closed = conn.is_closed_within(Duration::from_secs(4));
+        (statuses, closed.then(|| idle.elapsed()))
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200],
+        "every request on the kept-alive connection"
+    );
+    let closed_at = closed_at.expect("the idle connection was closed");
+    assert!(
+        closed_at >= Duration::from_millis(900) && closed_at < Duration::from_millis(2500),
+        "closed after {closed_at:?} of idleness since the last request, keepalive_timeout_ms 1000"
+    );
+}
+
 /// `client.keepalive_requests` (NGINX's `keepalive_requests`): the n-th request on a connection
 /// is answered with `Connection: close` and the connection is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -44,9 +44,12 @@
 //!
 //! Limits, stated honestly: HTTP/2 (h2c) is not offered on the proxy listener, so every
 //! connection goes through this HTTP/1.x loop. Body reads are never under the head deadline
-//! (bodies have Pingora's per-read timeout and `max_body_bytes`). The idle wait between requests
-//! on a kept-alive connection is not bounded here (Pingora keeps HTTP/1.1 connections without a
-//! timeout once a request asked for keep-alive).
+//! (bodies have Pingora's per-read timeout and `max_body_bytes`).
+//!
+//! The idle wait between requests on a kept-alive connection is bounded here too
+//! (`client.keepalive_timeout_ms`, closed quietly when it passes, as NGINX does): Pingora keeps
+//! such a connection for ever unless given a keep-alive timeout, and that timeout wraps each read
+//! in a new timer, one per request. Here one timer per connection is moved only when it fires.
 
 use std::fmt;
 use std::future::Future;
@@ -104,6 +107,9 @@ pub struct HeadLimits {
     pub max_header_bytes: usize,
     /// `client.keepalive_requests`: requests served on the connection before it is closed.
     pub keepalive_requests: u32,
+    /// `client.keepalive_timeout`: the longest idle wait for the next head on a kept-alive
+    /// connection; then it is closed without an answer.
+    pub keepalive_timeout: Duration,
 }
 
 /// Where connections take their limits from and count their answers.
@@ -547,6 +553,11 @@ pub struct DeadlineStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// When the current timer started (for the access log's duration).
     timer_started: Option<Instant>,
+    /// The idle limit between requests ([`DeadlineStream::idle_expired`]); made at the first
+    /// idle wait and re-armed only when it fires, never per request.
+    idle: Option<Pin<Box<Sleep>>>,
+    /// When the current idle wait began (a kept-alive connection waiting for its next head).
+    idle_since: Option<Instant>,
     /// An incomplete head (then complete, being released), kept across requests.
     held: Vec<u8>,
     released: usize,
@@ -588,6 +599,8 @@ impl DeadlineStream {
             scan: HeadScan::default(),
             timer: Some(Box::pin(tokio::time::sleep(limits.header_timeout))),
             timer_started: Some(Instant::now()),
+            idle: None,
+            idle_since: None,
             held: Vec::new(),
             released: 0,
             rescan: false,
@@ -609,8 +622,34 @@ impl DeadlineStream {
         self.scan = HeadScan::default();
         self.timer = None;
         self.timer_started = None;
+        self.idle_since = Some(Instant::now());
         self.phase = Phase::Head;
         self.write = WriteState::Pass;
+    }
+
+    /// Whether the idle wait for the next head on a kept-alive connection passed
+    /// `keepalive_timeout` (else the wake-up is registered).
+    ///
+    /// One timer per connection, not one per request: a timer set for an earlier idle wait is
+    /// left armed, and when it fires before this wait is due it is moved to this wait's
+    /// deadline. At steady load that is one timer event per connection and timeout period,
+    /// where a timeout around each idle read (Pingora's keep-alive timeout) registers and
+    /// cancels a timer for every request.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(since) = self.idle_since else {
+            return false;
+        };
+        let due = since + self.limits.keepalive_timeout;
+        let timer = self
+            .idle
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        while timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= due {
+                return true;
+            }
+            timer.as_mut().reset(due);
+        }
+        false
     }
 
     fn peer_ip(&self) -> Option<IpAddr> {
@@ -697,6 +736,7 @@ impl DeadlineStream {
     /// have it.
     fn accept(&mut self, line: &[u8]) {
         self.set_line(line);
+        self.idle_since = None;
         self.shared.dispatched.store(false, Ordering::Relaxed);
         self.timer = None;
         self.timer_started = None;
@@ -780,6 +820,15 @@ impl DeadlineStream {
                 if timer.as_mut().poll(cx).is_ready() {
                     return self.expire(cx);
                 }
+            }
+            if self.scan.seen == 0 && self.held.is_empty() && self.idle_expired(cx) {
+                // Idle too long between requests: close quietly, as NGINX does.
+                tracing::debug!(
+                    client = ?self.peer_ip(),
+                    "kept-alive connection idle for keepalive_timeout_ms; closing"
+                );
+                self.phase = Phase::Closed;
+                return Poll::Ready(Ok(()));
             }
             let before = buf.filled().len();
             match Pin::new(&mut self.inner).poll_read(cx, buf) {
@@ -1131,6 +1180,7 @@ mod tests {
                 header_timeout: Duration::from_millis(timeout_ms),
                 max_header_bytes,
                 keepalive_requests: 1000,
+                keepalive_timeout: Duration::from_secs(60),
             },
             connections: ConnectionCounter::new(),
         });

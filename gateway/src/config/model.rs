@@ -79,8 +79,8 @@ pub struct ClientSettings {
     /// Longest wait for the next piece of a request body, like NGINX's `client_body_timeout`
     /// (default 10 s); the route's `timeout_ms` bounds the whole body too. Too slow → 408.
     pub body_timeout: Duration,
-    /// How long a kept-alive connection may sit idle between requests (default 60 s; Pingora
-    /// counts whole seconds, so this is rounded up).
+    /// How long a kept-alive connection may sit idle between requests (default 60 s), to the
+    /// millisecond. Read when a connection is accepted: a reload applies to new connections.
     pub keepalive_timeout: Duration,
     /// Requests served on one connection before it is closed, like NGINX's
     /// `keepalive_requests` (default 1000).

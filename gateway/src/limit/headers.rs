@@ -19,8 +19,6 @@
 //!
 //! All values come from the zone's exact per-key state (see [`crate::limit::req`]).
 
-use std::fmt::Write as _;
-
 use super::req::{ceil_secs, ms_until_leaked_since, mul_div_ceil};
 
 /// The values of the `RateLimit-Policy` and `RateLimit` header fields for one zone, computed on
@@ -100,17 +98,24 @@ impl<'a> RateLimitHeaders<'a> {
     /// The `RateLimit-Policy` field value, e.g. `"reservations";q=6;w=3`.
     pub fn policy_value(&self) -> String {
         let mut s = sf_string(self.policy);
-        // Writing into a String cannot fail.
-        let _ = write!(s, ";q={};w={}", self.quota(), self.window_secs());
+        push_param(&mut s, ";q=", self.quota());
+        push_param(&mut s, ";w=", self.window_secs());
         s
     }
 
     /// The `RateLimit` field value, e.g. `"reservations";r=5;t=1`.
     pub fn value(&self) -> String {
         let mut s = sf_string(self.policy);
-        let _ = write!(s, ";r={};t={}", self.remaining(), self.reset_secs());
+        push_param(&mut s, ";r=", self.remaining());
+        push_param(&mut s, ";t=", self.reset_secs());
         s
     }
+}
+
+/// Appends `name` and `n` in decimal (itoa: these values are made for every limited response).
+fn push_param(out: &mut String, name: &str, n: u64) {
+    out.push_str(name);
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 /// Serializes a Structured Field string (RFC 9651 §4.1.6): quoted, `"` and `\` escaped; other
@@ -118,6 +123,14 @@ impl<'a> RateLimitHeaders<'a> {
 fn sf_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 24);
     out.push('"');
+    if s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        // The usual zone name needs no escaping: copied whole, not pushed `char` by `char`.
+        out.push_str(s);
+        out.push('"');
+        return out;
+    }
     for c in s.chars() {
         match c {
             '"' | '\\' => {
