@@ -7,7 +7,8 @@
 #                                     [--warmup 3s] [--rounds 2] [--modes "log nolog"]
 #                                     [--path /api/events] [--bare-args "--no-work-stealing"]
 #                                     [--no-build] [--gateway-bin PATH] [--bare-bin PATH]
-#                                     [--backend-bin PATH] [--perf DIR] [--out FILE] [--keep]
+#                                     [--backend-bin PATH] [--perf DIR] [--callgrind DIR]
+#                                     [--out FILE] [--keep]
 #
 #   --route static (default): the upstream is a separate nginx (1 worker) answering a 95-byte
 #       JSON body from memory (bench/upstream.nginx.conf.tmpl). Targets: nginx, bare, gateway
@@ -36,6 +37,11 @@
 #      bare, ...), each run after a warm-up and a 1 s pause;
 #      with --perf DIR, one extra unmeasured run per target under `perf record -e cpu-clock -g`,
 #      the top symbols in DIR/<route>-<mode>-<target>.txt;
+#      with --callgrind DIR, bare and gateway are each run once more under valgrind's callgrind
+#      (wrk -t1 -c8 for 15 s after a warm-up, instrumentation switched on only for that load): the
+#      instructions executed per request, which unlike throughput do not drift with the machine's
+#      load, go into the report, and the functions by own instructions per request into
+#      DIR/<route>-<mode>-<target>.callgrind.txt (needs valgrind; apt-get install valgrind);
 #   4. reads Requests/sec and the latency percentiles, each target's and the upstream's CPU time
 #      per run from /proc (CPU µs per request), prints a table of medians over the rounds with
 #      the ratios (gateway/bare, gateway/nginx, bare/nginx; real route: each proxy against
@@ -58,6 +64,7 @@ BUILD=1
 KEEP=0
 OUT=""
 PERF_DIR=""
+CALLGRIND_DIR=""
 GATEWAY_BIN=""
 BARE_BIN=""
 BACKEND_BIN=""
@@ -84,6 +91,7 @@ while [ $# -gt 0 ]; do
     --bare-bin) BARE_BIN=$2; shift 2 ;;
     --backend-bin) BACKEND_BIN=$2; shift 2 ;;
     --perf) PERF_DIR=$2; shift 2 ;;
+    --callgrind) CALLGRIND_DIR=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
@@ -162,6 +170,11 @@ if [ -n "$PERF_DIR" ]; then
   command -v perf >/dev/null 2>&1 || die "--perf needs perf (Debian: apt-get install linux-perf)"
   mkdir -p "$PERF_DIR"
   PERF_DIR=$(cd "$PERF_DIR" && pwd)
+fi
+if [ -n "$CALLGRIND_DIR" ]; then
+  command -v callgrind_control >/dev/null 2>&1 || die "--callgrind needs valgrind (Debian: apt-get install valgrind)"
+  mkdir -p "$CALLGRIND_DIR"
+  CALLGRIND_DIR=$(cd "$CALLGRIND_DIR" && pwd)
 fi
 for t in curl python3; do
   command -v "$t" >/dev/null 2>&1 || die "missing $t"
@@ -383,11 +396,7 @@ start_targets() { # mode
         STARTED+=("${PID[$t]}") ;;
       bare)
         alloc_port "PORT[$t]"
-        # shellcheck disable=SC2086 # --bare-args is a word list on purpose
-        "$BARE_BIN" --listen "127.0.0.1:${PORT[$t]}" --upstream "127.0.0.1:$UPSTREAM_PORT" \
-          --threads 2 $BARE_ARGS >>"$RUN/bare-$mode.log" 2>&1 &
-        PID[$t]=$!
-        STARTED+=("${PID[$t]}") ;;
+        launch "$mode" "$t" ;;
       gateway)
         alloc_port "PORT[$t]"
         alloc_port ADMIN_PORT
@@ -395,9 +404,7 @@ start_targets() { # mode
           "UPSTREAM_PORT=$UPSTREAM_PORT" "PROXY_PORT=${PORT[$t]}" "ADMIN_PORT=$ADMIN_PORT"
         [ "$ROUTE" = real ] && replace_once "$RUN/gateway-$mode.yaml" "path_prefix: /" "path_prefix: /api/"
         "$GATEWAY_BIN" -t -c "$RUN/gateway-$mode.yaml" >/dev/null || die "gateway config invalid"
-        RUST_LOG=$gateway_rust_log "$GATEWAY_BIN" -c "$RUN/gateway-$mode.yaml" >>"$RUN/gateway-$mode.log" 2>&1 &
-        PID[$t]=$!
-        STARTED+=("${PID[$t]}") ;;
+        launch "$mode" "$t" ;;
     esac
   done
 
@@ -413,6 +420,24 @@ start_targets() { # mode
     esac
     log "mode $mode: $t on :${PORT[$t]}${PID[$t]:+ (pid ${PID[$t]})}"
   done
+}
+
+# Starts bare or gateway (port, config already chosen) in the background, its command line
+# prefixed by the words after TARGET (e.g. valgrind's); sets PID[TARGET].
+launch() { # mode target [prefix...]
+  local mode=$1 t=$2 gateway_rust_log=info
+  shift 2
+  [ "$mode" = log ] || gateway_rust_log=info,access=off
+  case "$t" in
+    bare)
+      # shellcheck disable=SC2086 # --bare-args is a word list on purpose
+      "$@" "$BARE_BIN" --listen "127.0.0.1:${PORT[$t]}" --upstream "127.0.0.1:$UPSTREAM_PORT" \
+        --threads 2 $BARE_ARGS >>"$RUN/bare-$mode.log" 2>&1 & ;;
+    gateway)
+      RUST_LOG=$gateway_rust_log "$@" "$GATEWAY_BIN" -c "$RUN/gateway-$mode.yaml" >>"$RUN/gateway-$mode.log" 2>&1 & ;;
+  esac
+  PID[$t]=$!
+  STARTED+=("${PID[$t]}")
 }
 
 stop_targets() {
@@ -476,6 +501,63 @@ profile_one() { # mode target
   log "perf profile of $t ($mode) in $txt"
 }
 
+# Instructions per request of bare or gateway: the target is started again under callgrind with
+# instrumentation off, warmed up, then counted over one wrk run at low concurrency (valgrind runs
+# the program ~50x slower and one thread at a time: only the count is meaningful, not the rate).
+# The count goes to results/<mode>-<target>.ir, the functions by own instructions per request
+# to $CALLGRIND_DIR/<route>-<mode>-<target>.callgrind.txt.
+callgrind_one() { # mode target
+  local mode=$1 t=$2 out url requests
+  out="$RUN/$mode-$t.callgrind"
+  url="http://127.0.0.1:${PORT[$t]}$URL_PATH"
+  stop_pid "${PID[$t]}"
+  launch "$mode" "$t" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out"
+  wait_http "$url" "$t under callgrind" "${PID[$t]}" 600
+  timeout 60 wrk -t1 -c8 -d3s "$url" >/dev/null 2>&1 || die "wrk warm-up against $t under callgrind failed"
+  timeout 30 callgrind_control -i on "${PID[$t]}" >/dev/null || die "callgrind_control -i on failed for $t"
+  requests=$(timeout 60 wrk -t1 -c8 -d15s "$url" 2>&1 | awk '/requests in/{print $1}')
+  timeout 60 callgrind_control -d "${PID[$t]}" >/dev/null || die "callgrind_control -d failed for $t"
+  stop_pid "${PID[$t]}"
+  python3 - "$out" "${requests:-0}" "$RUN/results/$mode-$t.ir" "$CALLGRIND_DIR/$ROUTE-$mode-$t.callgrind.txt" "$t" <<'PY'
+import collections, glob, re, sys
+out, requests, ir_file, txt, target = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+if requests <= 0:
+    sys.exit(f"callgrind run of {target}: wrk reported no requests")
+names, own, cur, after_calls = {}, collections.Counter(), None, False
+def name(s):
+    m = re.match(r"\((\d+)\)(?: (.*))?", s)
+    if not m:
+        return s
+    if m.group(2):
+        names[m.group(1)] = m.group(2)
+    return names.get(m.group(1), m.group(1))
+# The dump (callgrind_control -d) is the file with the highest part number.
+for path in sorted(glob.glob(out + "*"), key=lambda p: int(p.rsplit(".", 1)[-1]) if p.rsplit(".", 1)[-1].isdigit() else 0)[-1:]:
+    for line in open(path, errors="replace"):
+        if line.startswith("fn="):
+            cur = name(line[3:].strip())
+        elif line.startswith(("cfn=", "cfi=", "cfl=", "cob=")):
+            if line.startswith("cfn="):
+                name(line[4:].strip())
+        elif line.startswith("calls="):
+            after_calls = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            parts = line.split()
+            if len(parts) >= 2 and not after_calls:
+                own[cur] += int(parts[1])
+            after_calls = False
+total = sum(own.values())
+per_request = total / requests
+open(ir_file, "w").write(f"{per_request:.0f}\n")
+with open(txt, "w") as f:
+    f.write(f"# {target}: {per_request:,.0f} instructions per request ({total:,} over {requests:,} requests, callgrind, wrk -t1 -c8 -d15s)\n")
+    f.write("# own instructions per request, share, function\n")
+    for fn, n in own.most_common(80):
+        f.write(f"{n / requests:9.0f} {100 * n / total:5.1f}%  {fn}\n")
+PY
+  log "callgrind: $t ($mode) $(cat "$RUN/results/$mode-$t.ir") instructions per request; functions in $CALLGRIND_DIR/$ROUTE-$mode-$t.callgrind.txt"
+}
+
 mkdir -p "$RUN/results"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -493,6 +575,11 @@ for mode in $MODES; do
   if [ -n "$PERF_DIR" ]; then
     for t in $TARGETS; do
       profile_one "$mode" "$t"
+    done
+  fi
+  if [ -n "$CALLGRIND_DIR" ]; then
+    for t in $TARGETS; do
+      case "$t" in bare|gateway) callgrind_one "$mode" "$t" ;; esac
     done
   fi
   # Limits must not have bound: count the gateway's own rejections from its metrics.
@@ -614,6 +701,9 @@ for mode in modes:
             "non_2xx": sum(x["non_2xx"] for x in runs),
             "socket_errors": sum(x["socket_errors"] for x in runs),
         }
+        ir_path = os.path.join(results, f"{mode}-{t}.ir")
+        if os.path.exists(ir_path):
+            per[t]["instructions_per_request"] = int(open(ir_path).read().strip())
     if "gateway" in targets:
         rejected = {}
         mpath = os.path.join(results, f"{mode}-gateway.metrics")
@@ -630,6 +720,8 @@ for mode in modes:
             "throughput": ratio(pa["requests_per_sec"], pb["requests_per_sec"]),
             "p99": ratio(pa["p99_ms"], pb["p99_ms"]),
             "cpu_per_request": ratio(pa["proxy_cpu_us_per_request"], pb["proxy_cpu_us_per_request"]),
+            "instructions_per_request": ratio(pa.get("instructions_per_request"),
+                                              pb.get("instructions_per_request")),
         }
     if "direct" in targets:
         d = per["direct"]
@@ -677,7 +769,12 @@ for mode, per in report["modes"].items():
     for a, b in pairs:
         r = per[f"ratio_{a}_over_{b}"]
         lines.append(f"{mode:6} {a}/{b}: throughput {fmt(r['throughput'], '.3f')}, p99 {fmt(r['p99'], '.3f')}, "
-                     f"cpu/request {fmt(r['cpu_per_request'], '.3f')}")
+                     f"cpu/request {fmt(r['cpu_per_request'], '.3f')}"
+                     + (f", instructions/request {r['instructions_per_request']:.3f}"
+                        if r["instructions_per_request"] is not None else ""))
+    for t in targets:
+        if "instructions_per_request" in per[t]:
+            lines.append(f"{mode:6} {t}: {per[t]['instructions_per_request']:,} instructions per request (callgrind)")
     for t in targets:
         v = per.get(f"{t}_vs_direct")
         if v:
@@ -707,11 +804,12 @@ for mode, per in report["modes"].items():
                   + ", ".join(f"{x['requests_per_sec']:.0f}" for x in p["runs"]) + " |")
     md.append("")
     if pairs:
-        md.append("| ratio | throughput | p99 | CPU per request |")
-        md.append("|---|---|---|---|")
+        md.append("| ratio | throughput | p99 | CPU per request | instructions per request |")
+        md.append("|---|---|---|---|---|")
         for a, b in pairs:
             r = per[f"ratio_{a}_over_{b}"]
-            md.append(f"| {a}/{b} | {fmt(r['throughput'], '.2f')} | {fmt(r['p99'], '.2f')} | {fmt(r['cpu_per_request'], '.2f')} |")
+            md.append(f"| {a}/{b} | {fmt(r['throughput'], '.2f')} | {fmt(r['p99'], '.2f')} | {fmt(r['cpu_per_request'], '.2f')} "
+                      f"| {fmt(r['instructions_per_request'], '.2f')} |")
         md.append("")
     vs = [(t, per[f"{t}_vs_direct"]) for t in targets if f"{t}_vs_direct" in per]
     if vs:
