@@ -202,9 +202,9 @@ fn push_debug_str(out: &mut Vec<u8>, s: &str) {
 /// field of every access line passes here, so the bytes are checked 16 at a time without an
 /// early exit per byte, which the compiler turns into vector compares.
 fn needs_no_escape(s: &[u8]) -> bool {
-    let plain = |b: u8| (b >= 0x20) & (b < 0x7f) & (b != b'"') & (b != b'\\');
+    let plain = |b: u8| (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\');
     let mut chunks = s.chunks_exact(16);
-    let whole = (&mut chunks).all(|c| c.iter().fold(true, |ok, &b| ok & plain(b)));
+    let whole = chunks.all(|c| c.iter().fold(true, |ok, &b| ok & plain(b)));
     whole && chunks.remainder().iter().all(|&b| plain(b))
 }
 
