@@ -14,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod fd_limit;
+pub mod forward;
 pub mod limit;
 pub mod log_buffer;
 pub mod metrics;
