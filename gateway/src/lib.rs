@@ -4,8 +4,9 @@
 //! One request's path, in order (each step in its own module; `proxy.rs` strings them together):
 //! [`client`] (client IP, header deadline, body limit) → [`route`] → [`admission`] over
 //! [`limit`] (limit_req, limit_conn) → [`upstream`] (bulkhead, breaker, selection) → [`forward`]
-//! (the fields added upstream) → Pingora → outcome → [`metrics`] and [`access_log`]. [`respond`] writes every local answer; [`state`] and
-//! [`reload`] hold and swap the configuration; [`admin`] serves `/metrics`, `/status` and `/`.
+//! (the fields added upstream) → Pingora → outcome → [`metrics`] and [`access_log`]. [`respond`]
+//! writes every local answer; [`state`] and [`reload`] hold and swap the configuration; [`admin`]
+//! serves `/metrics`, `/status` and `/`.
 
 pub mod access_log;
 pub mod admin;
