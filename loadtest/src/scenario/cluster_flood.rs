@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::flood::{self, discover_limits, FloodSetup, PATH};
-use super::{check_audit, post_from, Ctx, ScenarioError};
+use super::{check_audit, post_from, scrape_gateways, settled_metrics, Ctx, ScenarioError};
 use crate::limit_req::{self, ZoneLimit};
 use crate::load::{self, Sample};
 use crate::report::ScenarioReport;
@@ -118,15 +118,6 @@ fn delta(
             metric_sum(a, name, labels).unwrap_or(0.0) - metric_sum(b, name, labels).unwrap_or(0.0);
     }
     Some(sum)
-}
-
-/// Every gateway's `/metrics` text (`None` where it could not be read).
-async fn scrape(ctx: &Ctx, admins: &[String]) -> Vec<Option<String>> {
-    let mut out = Vec::with_capacity(admins.len());
-    for a in admins {
-        out.push(ctx.stack.gateway_metrics_at(a).await.ok());
-    }
-    out
 }
 
 /// Store round trips that failed or timed out, summed over the gateways (`None`: a gateway's
@@ -268,7 +259,7 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
     // Seats sold by attempts that were measured again.
     let mut earlier_sold = 0u64;
     let (samples, before, after) = loop {
-        let before = scrape(ctx, &admins).await;
+        let before = scrape_gateways(&ctx.stack, &admins).await;
         let samples = load::paced(rate, duration, 16, |i| {
             let src = src.clone();
             let url = urls[i as usize % n].clone();
@@ -276,7 +267,13 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
             async move { post_from(&src, &url, &body, Duration::from_secs(20)).await }
         })
         .await;
-        let after = scrape(ctx, &admins).await;
+        let after = settled_metrics(
+            &ctx.stack,
+            &admins,
+            &before,
+            load::counts(&samples).get(429),
+        )
+        .await;
         // A store round trip that failed or came late sends that decision, and while the breaker
         // is open every decision of its gateway, to the local fallback: the trace then no longer
         // measures the shared arithmetic. On a machine whose cores are shared with the whole

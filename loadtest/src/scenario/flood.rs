@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{check_audit, post_from, Ctx, ScenarioError};
+use super::{check_audit, post_from, scrape_gateways, settled_metrics, Ctx, ScenarioError};
 use crate::chart::{Series, StackedChart};
 use crate::limit_req::{self, ZoneLimit};
 use crate::load;
@@ -158,7 +158,8 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
         event,
         pool,
     } = prepare(ctx, &limits, "FLOOD", 2).await?;
-    let metrics_before = stack.gateway_metrics().await.ok();
+    let admins = [stack.targets.admin.clone()];
+    let mut metrics_before = scrape_gateways(stack, &admins).await;
     let src = Arc::new(pool.get(0).clone());
     let url = ctx.gw(PATH);
     let samples = load::paced(rate, duration, 16, |i| {
@@ -168,9 +169,9 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
         async move { post_from(&src, &url, &body, Duration::from_secs(20)).await }
     })
     .await;
-    let metrics_after = stack.gateway_metrics().await.ok();
-
     let counts = load::counts(&samples);
+    let mut metrics_after = settled_metrics(stack, &admins, &metrics_before, counts.get(429)).await;
+
     let sent = samples.len() as u64;
     let span = samples.last().map(|s| s.start).unwrap_or_default();
     let times: Vec<i64> = samples.iter().map(|s| s.start.as_millis() as i64).collect();
@@ -257,7 +258,10 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
     );
     let s429 = lat_429.summary();
     r.figure("rejectionP99Ms", s429.p99_ms);
-    match (metrics_before, metrics_after) {
+    match (
+        metrics_before.pop().flatten(),
+        metrics_after.pop().flatten(),
+    ) {
         (Some(b), Some(a)) => {
             let name = "gateway_ratelimit_rejected_total";
             let delta =

@@ -21,7 +21,7 @@ use crate::http::{self, HttpError, Reply};
 use crate::limit_req::ZoneLimit;
 use crate::report::ScenarioReport;
 use crate::sources::{Source, SourcePool};
-use crate::stack::Stack;
+use crate::stack::{metric_sum, Stack};
 
 /// What stopped a scenario before it could finish measuring.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +216,50 @@ pub async fn get_from(src: &Source, url: &str, timeout: Duration) -> Result<Repl
         Some(timeout),
     )
     .await
+}
+
+/// How long a scenario waits for the gateways' counters to catch up with the answers it got.
+const METRICS_SETTLE: Duration = Duration::from_secs(2);
+
+/// Every gateway's `/metrics` text, in the order of `admins` (`None` where it could not be read).
+pub async fn scrape_gateways(stack: &Stack, admins: &[String]) -> Vec<Option<String>> {
+    let mut out = Vec::with_capacity(admins.len());
+    for a in admins {
+        out.push(stack.gateway_metrics_at(a).await.ok());
+    }
+    out
+}
+
+/// [`scrape_gateways`] after a flood, repeated until `gateway_ratelimit_rejected_total` summed
+/// over the gateways has grown by `rejected` since `before`, or [`METRICS_SETTLE`] has passed. A
+/// gateway counts a request in Pingora's logging hook, which runs just after the answer was
+/// written, so a scrape right after the last answer can come a moment too early for it.
+pub async fn settled_metrics(
+    stack: &Stack,
+    admins: &[String],
+    before: &[Option<String>],
+    rejected: u64,
+) -> Vec<Option<String>> {
+    let name = "gateway_ratelimit_rejected_total";
+    let total = |texts: &[Option<String>]| -> Option<f64> {
+        texts
+            .iter()
+            .map(|t| {
+                t.as_deref()
+                    .map(|t| metric_sum(t, name, &[]).unwrap_or(0.0))
+            })
+            .sum()
+    };
+    let base = total(before).unwrap_or(0.0);
+    let deadline = Instant::now() + METRICS_SETTLE;
+    loop {
+        let after = scrape_gateways(stack, admins).await;
+        let grown = total(&after).is_some_and(|a| a - base >= rejected as f64 - 0.5);
+        if grown || Instant::now() >= deadline {
+            return after;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Adds the audit check (`GET /admin/audit` on the primary replica says ok).
