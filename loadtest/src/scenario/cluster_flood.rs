@@ -20,11 +20,13 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::flood::{self, discover_limits, FloodSetup, PATH};
-use super::{check_audit, post_from, scrape_gateways, settled_metrics, Ctx, ScenarioError};
+use super::{
+    check_audit, metric_delta, post_from, scrape_gateways, settled_metrics, Ctx, ScenarioError,
+};
 use crate::limit_req::{self, ZoneLimit};
 use crate::load::{self, Sample};
 use crate::report::ScenarioReport;
-use crate::stack::{ga_request, metric_sum};
+use crate::stack::ga_request;
 use crate::stats::rate_series;
 
 /// Accepted-count tolerance (see the module documentation).
@@ -104,29 +106,13 @@ impl GatewayView {
     }
 }
 
-/// Sum over every admin of a metric's increase.
-fn delta(
-    before: &[Option<String>],
-    after: &[Option<String>],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
-    let mut sum = 0.0;
-    for (b, a) in before.iter().zip(after) {
-        let (b, a) = (b.as_deref()?, a.as_deref()?);
-        sum +=
-            metric_sum(a, name, labels).unwrap_or(0.0) - metric_sum(b, name, labels).unwrap_or(0.0);
-    }
-    Some(sum)
-}
-
 /// Store round trips that failed or timed out, summed over the gateways (`None`: a gateway's
 /// metrics could not be read).
 fn store_failures(before: &[Option<String>], after: &[Option<String>]) -> Option<f64> {
     ["error", "timeout"]
         .iter()
         .map(|res| {
-            delta(
+            metric_delta(
                 before,
                 after,
                 "gateway_limit_store_requests_total",
@@ -157,7 +143,7 @@ fn histogram_delta(
     les.dedup();
     les.into_iter()
         .filter_map(|le| {
-            let d = delta(before, after, &bucket, &[("le", le.as_str())])?;
+            let d = metric_delta(before, after, &bucket, &[("le", le.as_str())])?;
             Some((le, d))
         })
         .collect()
@@ -393,7 +379,7 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
     );
     let store_failures = store_failures(&before, &after);
     for res in ["ok", "error", "timeout"] {
-        let d = delta(
+        let d = metric_delta(
             &before,
             &after,
             "gateway_limit_store_requests_total",
@@ -407,7 +393,7 @@ pub async fn run(ctx: &Ctx, r: &mut ScenarioReport) -> Result<(), ScenarioError>
         store_failures.map_or("gateway /metrics unreachable".into(), |f| format!("{f}")),
         store_failures.is_some_and(|f| f < 0.5),
     );
-    let rejected_metric = delta(&before, &after, "gateway_ratelimit_rejected_total", &[]);
+    let rejected_metric = metric_delta(&before, &after, "gateway_ratelimit_rejected_total", &[]);
     r.check(
         "gateway_ratelimit_rejected_total increase, summed over the gateways",
         format!("{rejected} (our 429s)"),

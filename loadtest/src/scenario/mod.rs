@@ -230,6 +230,23 @@ pub async fn scrape_gateways(stack: &Stack, admins: &[String]) -> Vec<Option<Str
     out
 }
 
+/// Sum over every gateway of a metric's increase between two [`scrape_gateways`] (`None` when a
+/// gateway's metrics could not be read).
+pub fn metric_delta(
+    before: &[Option<String>],
+    after: &[Option<String>],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    let mut sum = 0.0;
+    for (b, a) in before.iter().zip(after) {
+        let (b, a) = (b.as_deref()?, a.as_deref()?);
+        sum +=
+            metric_sum(a, name, labels).unwrap_or(0.0) - metric_sum(b, name, labels).unwrap_or(0.0);
+    }
+    Some(sum)
+}
+
 /// [`scrape_gateways`] after a flood, repeated until `gateway_ratelimit_rejected_total` summed
 /// over the gateways has grown by `rejected` since `before`, or [`METRICS_SETTLE`] has passed. A
 /// gateway counts a request in Pingora's logging hook, which runs just after the answer was
@@ -241,20 +258,11 @@ pub async fn settled_metrics(
     rejected: u64,
 ) -> Vec<Option<String>> {
     let name = "gateway_ratelimit_rejected_total";
-    let total = |texts: &[Option<String>]| -> Option<f64> {
-        texts
-            .iter()
-            .map(|t| {
-                t.as_deref()
-                    .map(|t| metric_sum(t, name, &[]).unwrap_or(0.0))
-            })
-            .sum()
-    };
-    let base = total(before).unwrap_or(0.0);
     let deadline = Instant::now() + METRICS_SETTLE;
     loop {
         let after = scrape_gateways(stack, admins).await;
-        let grown = total(&after).is_some_and(|a| a - base >= rejected as f64 - 0.5);
+        let grown =
+            metric_delta(before, &after, name, &[]).is_some_and(|d| d >= rejected as f64 - 0.5);
         if grown || Instant::now() >= deadline {
             return after;
         }
