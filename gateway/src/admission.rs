@@ -4,7 +4,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
+use smallvec::SmallVec;
 
 use crate::access_log::LimiterNote;
 use crate::config::model::Route;
@@ -42,8 +43,9 @@ impl LimitScope {
 /// `RateLimit-Policy` and `RateLimit` header values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitFields {
-    /// `RateLimit-Policy` value.
-    pub policy: String,
+    /// `RateLimit-Policy` value (made once per zone and rule, see
+    /// [`RateLimitHeaders::policy_header`]).
+    pub policy: HeaderValue,
     /// `RateLimit` value.
     pub state: String,
 }
@@ -51,7 +53,7 @@ pub struct RateLimitFields {
 impl RateLimitFields {
     fn of(h: &RateLimitHeaders<'_>) -> Self {
         RateLimitFields {
-            policy: h.policy_value(),
+            policy: h.policy_header(),
             state: h.value(),
         }
     }
@@ -98,7 +100,7 @@ pub fn limit_req(
             fields: None,
         };
     }
-    let checks: Vec<ReqCheck<'_>> = route
+    let checks: SmallVec<[ReqCheck<'_>; 4]> = route
         .limit_req
         .iter()
         .zip(rt.req_zones.iter())
@@ -497,7 +499,7 @@ mod tests {
             zone: "a".into(),
             retry_after_secs: 1,
             fields: RateLimitFields {
-                policy: String::new(),
+                policy: HeaderValue::from_static(""),
                 state: String::new(),
             },
         };

@@ -515,7 +515,7 @@ impl Gateway {
             .header("retry-after", retry_after.to_string());
         if let Some(f) = fields {
             a = a
-                .header("ratelimit-policy", f.policy.clone())
+                .header("ratelimit-policy", f.policy.to_str().unwrap_or_default())
                 .header("ratelimit", f.state.clone());
         }
         a

@@ -57,6 +57,7 @@ pub fn server_conf(state: &State, opts: &RunOptions) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout_seconds),
         work_stealing: s.work_stealing,
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        fast_timeout_to_tokio_threshold_seconds: Some(s.fast_timeout_to_tokio_threshold_seconds),
         max_retries: 11,
         upgrade_sock: opts.upgrade_sock.display().to_string(),
         ..ServerConf::default()

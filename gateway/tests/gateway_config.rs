@@ -160,6 +160,14 @@ fn every_problem_names_its_key_path() {
             "server.upstream_keepalive_pool_size: must be between 1 and",
         ),
         (
+            "server: { fast_timeout_to_tokio_threshold_seconds: -1 }",
+            "server.fast_timeout_to_tokio_threshold_seconds: must be at least 0",
+        ),
+        (
+            "server: { fast_timeout_to_tokio_threshold_seconds: 86401 }",
+            "server.fast_timeout_to_tokio_threshold_seconds: must be between 0 and 86400",
+        ),
+        (
             "client: { keepalive_requests: 0 }",
             "client.keepalive_requests: must be between 1 and",
         ),

@@ -1,5 +1,5 @@
 //! Pingora's own knobs in the config (`server.work_stealing`,
-//! `server.upstream_keepalive_pool_size`, an upstream's `keepalive_idle_timeout_ms` and
+//! `server.upstream_keepalive_pool_size`, `server.fast_timeout_to_tokio_threshold_seconds`, an upstream's `keepalive_idle_timeout_ms` and
 //! `tcp_keepalive`), seen from outside: the process runs with them, and the upstream connections
 //! it keeps carry them (read with `ss`, as an operator would).
 
@@ -91,4 +91,31 @@ async fn without_tcp_keepalive_upstream_connections_have_no_probe_timer() {
     let pooled = connections_to(up.addr);
     assert_eq!(pooled.len(), 1, "{pooled:?}");
     assert!(!pooled[0].contains("keepalive"), "{pooled:?}");
+}
+
+/// `fast_timeout_to_tokio_threshold_seconds: 0` moves every Pingora timeout of a second or more
+/// to tokio's timer: the upstream read timeout still ends a slow answer on time, and a quick one
+/// is not disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_timeouts_on_tokios_timer_still_fire() {
+    let up = TestUpstream::start("a").await;
+    let gw = GatewayProcess::start(&config(
+        up.addr,
+        ", fast_timeout_to_tokio_threshold_seconds: 0",
+        "    read_timeout_ms: 1500",
+    ))
+    .await;
+    let r = client().get(gw.url("/quick")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    up.set_delay(Duration::from_secs(5));
+    let started = Instant::now();
+    let r = client().get(gw.url("/slow")).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), 504);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "upstream_timeout");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "read_timeout_ms 1500, answered after {took:?}"
+    );
 }

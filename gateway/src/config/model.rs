@@ -54,6 +54,10 @@ pub struct ServerSettings {
     /// Pingora's `upstream_keepalive_pool_size`: idle upstream connections kept for reuse,
     /// across all upstreams (default 128, Pingora's default).
     pub upstream_keepalive_pool_size: usize,
+    /// Pingora's `fast_timeout_to_tokio_threshold_seconds`: Pingora's timeouts (upstream
+    /// connect, read and write) longer than this many whole seconds run on tokio's timer, the
+    /// rest on Pingora's own coarse timer wheel (default Pingora's, 900).
+    pub fast_timeout_to_tokio_threshold_seconds: u64,
 }
 
 /// TCP keepalive probes on upstream connections (`tcp_keepalive:` of an upstream).

@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use pingora::time::fast_timeout::DEFAULT_FAST_TIMEOUT_TO_TOKIO_THRESHOLD;
 use serde_norway::Value;
 
 use super::model::*;
@@ -181,6 +182,13 @@ fn server(v: Option<&Value>, p: &mut Problems) -> ServerSettings {
     let work_stealing = m.boolean("work_stealing", true, p);
     let upstream_keepalive_pool_size =
         m.uint("upstream_keepalive_pool_size", 128, 1, 1_000_000, p) as usize;
+    let fast_timeout_to_tokio_threshold_seconds = m.uint(
+        "fast_timeout_to_tokio_threshold_seconds",
+        DEFAULT_FAST_TIMEOUT_TO_TOKIO_THRESHOLD.as_secs(),
+        0,
+        MAX_MS / 1000,
+        p,
+    );
     m.finish(p);
     ServerSettings {
         threads,
@@ -188,6 +196,7 @@ fn server(v: Option<&Value>, p: &mut Problems) -> ServerSettings {
         graceful_shutdown_timeout_seconds,
         work_stealing,
         upstream_keepalive_pool_size,
+        fast_timeout_to_tokio_threshold_seconds,
     }
 }
 

@@ -19,7 +19,23 @@
 //!
 //! All values come from the zone's exact per-key state (see [`crate::limit::req`]).
 
+use std::cell::RefCell;
+
+use http::HeaderValue;
+
 use super::req::{ceil_secs, ms_until_leaked_since, mul_div_ceil};
+
+/// Policies a thread keeps made (see [`RateLimitHeaders::policy_header`]); past it the memo
+/// starts again, so zones dropped or re-rated by reloads cannot grow it.
+const POLICY_MEMO_MAX: usize = 32;
+
+/// A `RateLimit-Policy` value made once: (zone name, rate, burst, value).
+type MadePolicy = (Box<str>, u64, u64, HeaderValue);
+
+thread_local! {
+    /// `RateLimit-Policy` values made by this thread.
+    static POLICY_MEMO: RefCell<Vec<MadePolicy>> = const { RefCell::new(Vec::new()) };
+}
 
 /// The values of the `RateLimit-Policy` and `RateLimit` header fields for one zone, computed on
 /// demand (only responses that carry them pay for the arithmetic).
@@ -103,6 +119,27 @@ impl<'a> RateLimitHeaders<'a> {
         s
     }
 
+    /// [`Self::policy_value`] as a header value. The policy depends only on the zone and the
+    /// rule, so each thread makes it once and hands out clones (a reference count, no copy):
+    /// formatting and allocating it for every response cost ~600 instructions.
+    pub fn policy_header(&self) -> HeaderValue {
+        POLICY_MEMO.with_borrow_mut(|memo| {
+            let known = memo.iter().find(|(name, rate, burst, _)| {
+                (*rate, *burst) == (self.rate, self.burst) && **name == *self.policy
+            });
+            if let Some((.., value)) = known {
+                return value.clone();
+            }
+            let value = HeaderValue::from_maybe_shared(bytes::Bytes::from(self.policy_value()))
+                .expect("sf_string writes printable ASCII only");
+            if memo.len() == POLICY_MEMO_MAX {
+                memo.clear();
+            }
+            memo.push((self.policy.into(), self.rate, self.burst, value.clone()));
+            value
+        })
+    }
+
     /// The `RateLimit` field value, e.g. `"reservations";r=5;t=1`.
     pub fn value(&self) -> String {
         let mut s = sf_string(self.policy);
@@ -164,5 +201,25 @@ mod tests {
         let odd = RateLimitHeaders::new("a\"b\\c\u{e9}", 2000, 5000, 5000, 0, true);
         assert_eq!(odd.value(), r#""a\"b\\c?";r=0;t=3"#);
         assert!(http::HeaderValue::from_str(&odd.policy_value()).is_ok());
+    }
+
+    #[test]
+    fn the_policy_header_is_made_once_per_zone_and_rule() {
+        let h = |zone, rate, burst| RateLimitHeaders::new(zone, rate, burst, 0, 0, false);
+        let first = h("memo", 2000, 5000).policy_header();
+        assert_eq!(first, r#""memo";q=6;w=3"#);
+        // Same zone and rule: the same bytes, shared, not made again.
+        let again = h("memo", 2000, 5000).policy_header();
+        assert_eq!(again.as_bytes().as_ptr(), first.as_bytes().as_ptr());
+        // A reload that changes the rule, or another zone, gets its own value.
+        assert_eq!(h("memo", 1000, 5000).policy_header(), r#""memo";q=6;w=6"#);
+        assert_eq!(h("memo", 2000, 0).policy_header(), r#""memo";q=1;w=1"#);
+        assert_eq!(h("other", 2000, 5000).policy_header(), r#""other";q=6;w=3"#);
+        // Bounded: many rules later the memo holds at most POLICY_MEMO_MAX.
+        for burst in 0..3 * POLICY_MEMO_MAX as u64 {
+            let v = h("memo", 2000, burst * 1000).policy_header();
+            assert_eq!(v, h("memo", 2000, burst * 1000).policy_value().as_str());
+        }
+        assert!(POLICY_MEMO.with_borrow(Vec::len) <= POLICY_MEMO_MAX);
     }
 }

@@ -201,6 +201,7 @@ mod tests {
                 graceful_shutdown_timeout_seconds: 1,
                 work_stealing: true,
                 upstream_keepalive_pool_size: 128,
+                fast_timeout_to_tokio_threshold_seconds: 900,
             },
             listen: "127.0.0.1:1".parse().expect("addr"),
             admin_listen: "127.0.0.1:2".parse().expect("addr"),

@@ -58,6 +58,7 @@ fn gateway(upstreams: Vec<Upstream>) -> GatewayConfig {
             graceful_shutdown_timeout_seconds: 1,
             work_stealing: true,
             upstream_keepalive_pool_size: 128,
+            fast_timeout_to_tokio_threshold_seconds: 900,
         },
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
