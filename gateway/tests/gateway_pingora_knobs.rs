@@ -1,7 +1,8 @@
 //! Pingora's own knobs in the config (`server.work_stealing`,
-//! `server.upstream_keepalive_pool_size`, `server.fast_timeout_to_tokio_threshold_seconds`, an upstream's `keepalive_idle_timeout_ms` and
-//! `tcp_keepalive`), seen from outside: the process runs with them, and the upstream connections
-//! it keeps carry them (read with `ss`, as an operator would).
+//! `server.upstream_keepalive_pool_size`, `server.fast_timeout_to_tokio_threshold_seconds`, an
+//! upstream's `keepalive_idle_timeout_ms` and `tcp_keepalive`), seen from outside: the process
+//! runs with them, and the upstream connections it keeps carry them (read with `ss`, as an
+//! operator would), and its timeouts still fire.
 
 mod common;
 
